@@ -1,0 +1,143 @@
+"""Engine throughput: pairs/s of each engine on the same real pairs, side by side.
+
+Usage (from the repo root, after ``make install``)::
+
+    .venv/bin/python benchmarks/engines.py [--model-dir DIR] [--pairs 1024] [--repeats 5]
+
+Pairs are real (query, title) rows of the Home Depot test split, rendered with
+the production template. Each engine is started once, warmed up, then scores
+all pairs ``--repeats`` times in batches of ``--batch`` pairs (what the
+micro-batcher hands it under load); the median pairs/s is reported. Speed does
+not depend on the weights, so without a trained artifact the real base model
+with a random head is used. Results go to ``benchmarks/results/engines.json``
+and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import gzip
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ENGINE_CONFIGS = {
+    "torch-bf16": ("torch", "bfloat16", {}),
+    "torch-fp32": ("torch", "float32", {}),
+    "vllm-bf16": ("vllm", "bfloat16", {}),
+    "vllm-fp32-eager": ("vllm", "float32", {"vllm_enforce_eager": True}),
+}
+
+
+def load_pairs(path: Path, n: int) -> list[tuple[str, str, str | None]]:
+    rows = []
+    with gzip.open(path, "rt", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["split"] == "test":
+                rows.append((row["query"], row["item_title"], row["item_description"] or None))
+            if len(rows) >= n:
+                break
+    return rows
+
+
+def model_checkpoint(model_dir: Path | None, cache: Path) -> tuple[Path, int, str]:
+    from service.artifacts import load_artifact
+
+    if model_dir is None and (REPO / "model_artifacts" / "darl-smollm2" / "manifest.json").is_file():
+        model_dir = REPO / "model_artifacts" / "darl-smollm2"
+    if model_dir is None:
+        from tests.tiny import make_tiny_artifact, real_base_dir
+
+        model_dir = make_tiny_artifact(cache / "random-head", real_base_dir(), "adapter", name="random-head")
+    loaded = load_artifact(model_dir, cache if "random-head" in str(model_dir) else None)
+    return loaded.checkpoint_dir, loaded.manifest.max_length, loaded.manifest.name
+
+
+async def bench_engine(name: str, ckpt: Path, max_length: int, batches, repeats: int) -> dict:
+    from service.engine import create_engine
+    from service.settings import Settings
+
+    kind, dtype, extra = ENGINE_CONFIGS[name]
+    settings = Settings(engine=kind, dtype=dtype, max_batch_pairs=max(len(b) for b in batches), **extra)
+    t0 = time.perf_counter()
+    engine = create_engine(settings, ckpt, max_length)
+    await engine.start()
+    start_s = time.perf_counter() - t0
+    n_pairs = sum(len(b) for b in batches)
+    try:
+        for b in batches[:2]:  # warm-up (compilation, allocator)
+            await engine.score(b)
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for b in batches:
+                await engine.score(b)
+            rates.append(n_pairs / (time.perf_counter() - t))
+    finally:
+        await engine.stop()
+    return {
+        "engine": name,
+        "start_s": round(start_s, 1),
+        "pairs_per_s_median": round(statistics.median(rates), 1),
+        "pairs_per_s_runs": [round(r, 1) for r in rates],
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", type=Path)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "homedepot.csv.gz")
+    ap.add_argument("--pairs", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--engines", default="torch-bf16,torch-fp32,vllm-bf16")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "engines.json")
+    args = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from relevance_core.prompt import PromptRenderer
+
+    cache = Path(tempfile.mkdtemp(prefix="darl-bench-"))
+    ckpt, max_length, model_name = model_checkpoint(args.model_dir, cache)
+    renderer = PromptRenderer(AutoTokenizer.from_pretrained(ckpt), max_length)
+    ids = [renderer.render(q, t, d).token_ids for q, t, d in load_pairs(args.data, args.pairs)]
+    batches = [ids[i : i + args.batch] for i in range(0, len(ids), args.batch)]
+    results = []
+    for name in args.engines.split(","):
+        print(f"== {name}", file=sys.stderr, flush=True)
+        results.append(await bench_engine(name, ckpt, max_length, batches, args.repeats))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    import torch
+
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "model": model_name,
+        "pairs": len(ids),
+        "mean_tokens_per_pair": round(sum(map(len, ids)) / len(ids), 1),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"| engine | pairs/s (median of {args.repeats}) | start (s) |\n|---|---|---|")
+    for r in results:
+        print(f"| {r['engine']} | {r['pairs_per_s_median']} | {r['start_s']} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

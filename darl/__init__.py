@@ -1,0 +1,1 @@
+"""The ``darl`` command: one CLI over the service and the training package."""

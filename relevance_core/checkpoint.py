@@ -1,0 +1,79 @@
+"""How a classifier checkpoint is built and how an artifact stores its weights.
+
+Training and serving both construct the model through ``build_classifier`` and
+read/write the head through ``save_head``/``load_head``, so the artifact layout
+has exactly one definition. ``torch``/``transformers`` are imported lazily.
+
+Artifact layout (see ``relevance_core.manifest``)::
+
+    manifest.json
+    head.safetensors       # kind="adapter": the score head (weight [3, hidden], bias optional)
+    adapter/               # kind="adapter", optional: PEFT LoRA adapter of the backbone
+    model/                 # kind="full": a complete HF *ForSequenceClassification checkpoint
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from relevance_core.labels import LABEL2ID, LABELS
+from relevance_core.manifest import ArtifactError
+
+HEAD_FILE = "head.safetensors"
+ADAPTER_DIR = "adapter"
+FULL_DIR = "model"
+
+
+def classifier_config_updates(pad_token_id: int | None) -> dict[str, Any]:
+    """Config fields every classifier carries: the label contract and the pad id.
+
+    The pad id matters: HF and vLLM pool the last token that is not padding, and
+    ``PromptRenderer`` guarantees rendered prompts never contain it.
+    """
+    return {
+        "num_labels": len(LABELS),
+        "id2label": dict(enumerate(LABELS)),
+        "label2id": dict(LABEL2ID),
+        "pad_token_id": pad_token_id,
+        "problem_type": "single_label_classification",
+    }
+
+
+def build_classifier(base_dir: str | Path, dtype: str = "float32") -> tuple[Any, Any]:
+    """``(model, tokenizer)``: an HF ``*ForSequenceClassification`` over a causal-LM dir."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    config = AutoConfig.from_pretrained(base_dir, **classifier_config_updates(pad))
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir, config=config, dtype=getattr(torch, dtype))
+    return model, tok
+
+
+def head_module(model: Any) -> Any:
+    """The classification head (``score`` on Llama/Qwen/Mistral-style classifiers)."""
+    head = getattr(model, "score", None)
+    if head is None:
+        raise ArtifactError(f"{type(model).__name__} has no `score` head")
+    return head
+
+
+def save_head(model: Any, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().float().contiguous() for k, v in head_module(model).state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_head(model: Any, path: str | Path) -> None:
+    from safetensors.torch import load_file
+
+    head = head_module(model)
+    state = load_file(str(path))
+    missing, unexpected = head.load_state_dict({k: v.to(head.weight.dtype) for k, v in state.items()}, strict=False)
+    if unexpected or [k for k in missing if k != "bias"]:
+        raise ArtifactError(f"{Path(path).name} does not fit the head: missing={missing} unexpected={unexpected}")

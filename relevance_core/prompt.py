@@ -1,0 +1,111 @@
+"""One prompt template, rendered to token ids, shared by training and serving.
+
+Layout: ``<query part><item part><suffix>``. The query comes first so that the
+pairs of one request share a token prefix (vLLM prefix caching, KV reuse). Only
+the item part is truncated; the query and the template's fixed parts never are,
+and the suffix's last token is the one the classification head reads.
+
+Each part is tokenized on its own and the ids are concatenated, so the query
+prefix is byte-identical across a request's items and truncation is exact.
+Special-token strings inside user text are split into ordinary tokens: a
+title containing ``<|im_end|>`` can neither end the prompt nor look like padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+TEMPLATE_VERSION: Final[str] = "darl-prompt-v1"
+
+QUERY_TEMPLATE: Final[str] = "Query: {query}\n"
+TITLE_TEMPLATE: Final[str] = "Item: {title}"
+DESCRIPTION_TEMPLATE: Final[str] = "\nDescription: {description}"
+SUFFIX: Final[str] = "\nRelevance:"
+
+DEFAULT_MAX_LENGTH: Final[int] = 128
+
+
+class PromptTooLongError(ValueError):
+    """The query plus the template's fixed parts already exceed the max length."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """Token ids of one (query, item) pair and whether its item text was cut."""
+
+    token_ids: tuple[int, ...]
+    truncated: bool
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+def item_text(title: str, description: str | None = None) -> str:
+    """The item part of the prompt; the description follows the title if given."""
+    text = TITLE_TEMPLATE.format(title=title)
+    if description:
+        text += DESCRIPTION_TEMPLATE.format(description=description)
+    return text
+
+
+class PromptRenderer:
+    """Renders pairs with one tokenizer and one max length.
+
+    ``tokenizer`` is a Hugging Face tokenizer (fast or slow); it is called with
+    ``add_special_tokens=False`` and ``split_special_tokens=True``.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int = DEFAULT_MAX_LENGTH) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self._suffix_ids = self._encode([SUFFIX])[0]
+        # The smallest prompt must leave room for at least one item token.
+        if len(self._suffix_ids) + 1 >= max_length:
+            raise ValueError(f"max_length={max_length} leaves no room for the query and item")
+
+    @property
+    def template_version(self) -> str:
+        return TEMPLATE_VERSION
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        out = self.tokenizer(
+            list(texts),
+            add_special_tokens=False,
+            split_special_tokens=True,
+            return_attention_mask=False,
+        )
+        return [list(ids) for ids in out["input_ids"]]
+
+    def query_ids(self, query: str) -> list[int]:
+        """Token ids of the query part, checked against the length budget."""
+        ids = self._encode([QUERY_TEMPLATE.format(query=query)])[0]
+        if len(ids) + len(self._suffix_ids) + 1 > self.max_length:
+            raise PromptTooLongError(
+                f"query is {len(ids)} tokens; with the template it must leave room for "
+                f"an item within max_length={self.max_length}"
+            )
+        return ids
+
+    def render_many(self, query: str, items: Sequence[tuple[str, str | None]]) -> list[Rendered]:
+        """Render one query against many (title, description) items.
+
+        The query is tokenized once and the items in one batched tokenizer call.
+        """
+        prefix = self.query_ids(query)
+        budget = self.max_length - len(prefix) - len(self._suffix_ids)
+        item_ids = self._encode([item_text(t, d) for t, d in items])
+        return [
+            Rendered(
+                token_ids=tuple(prefix + ids[:budget] + self._suffix_ids),
+                truncated=len(ids) > budget,
+            )
+            for ids in item_ids
+        ]
+
+    def render(self, query: str, title: str, description: str | None = None) -> Rendered:
+        """Render one pair; same ids as ``render_many`` gives for it."""
+        return self.render_many(query, [(title, description)])[0]

@@ -1,0 +1,1 @@
+"""The relevance scoring service: API, micro-batcher, engines, observability."""

@@ -1,0 +1,97 @@
+"""Load a model artifact into a plain HF checkpoint both engines can read.
+
+A ``full`` artifact already is one. An ``adapter`` artifact (LoRA adapter +
+head over a referenced base) is merged once into ``<cache>/merged/<version>``;
+the directory name is the artifact's content hash, so a changed artifact never
+reuses a stale merge. Hashes, template version and labels are verified before
+anything is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from relevance_core.base_model import cache_root, ensure_base_model, file_lock
+from relevance_core.checkpoint import (
+    ADAPTER_DIR,
+    FULL_DIR,
+    HEAD_FILE,
+    build_classifier,
+    load_head,
+)
+from relevance_core.manifest import ArtifactError, Manifest, verify_artifact
+
+log = logging.getLogger(__name__)
+
+_COMPLETE = ".complete"
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    """A verified artifact and the HF checkpoint directory that serves it."""
+
+    artifact_dir: Path
+    manifest: Manifest
+    checkpoint_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def load_artifact(artifact_dir: str | Path, cache_dir: str | Path | None = None) -> LoadedArtifact:
+    """Verify ``artifact_dir`` and return the checkpoint to serve."""
+    artifact_dir = Path(artifact_dir)
+    if not artifact_dir.exists():
+        raise ArtifactError(
+            f"model artifact {artifact_dir} does not exist. Build the default one with "
+            "`make artifact` (runs `darl train --config configs/darl-smollm2.yaml`), or point "
+            "DARL_MODEL_DIR at an artifact directory"
+        )
+    manifest = verify_artifact(artifact_dir)
+    if manifest.kind == "full":
+        ckpt = artifact_dir / FULL_DIR
+        if not (ckpt / "config.json").is_file():
+            raise ArtifactError(f"full artifact {manifest.name!r} has no {FULL_DIR}/config.json")
+        return LoadedArtifact(artifact_dir, manifest, ckpt)
+    if manifest.base_model is None:
+        raise ArtifactError(f"adapter artifact {manifest.name!r} names no base_model")
+    if not (artifact_dir / HEAD_FILE).is_file():
+        raise ArtifactError(f"adapter artifact {manifest.name!r} has no {HEAD_FILE}")
+    out = cache_root(cache_dir) / "merged" / f"{manifest.name}-{manifest.version}"
+    if not (out / _COMPLETE).is_file():
+        with file_lock(out.with_name(out.name + ".lock")):
+            if not (out / _COMPLETE).is_file():
+                _merge(artifact_dir, manifest, out, cache_dir)
+    return LoadedArtifact(artifact_dir, manifest, out)
+
+
+def _merge(artifact_dir: Path, manifest: Manifest, out: Path, cache_dir: str | Path | None) -> None:
+    log.info("materializing %s over base %s", manifest.name, manifest.base_model.name)
+    base_dir = ensure_base_model(manifest.base_model, cache_dir)
+    model, tok = build_classifier(base_dir)
+    adapter = artifact_dir / ADAPTER_DIR
+    if adapter.is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    load_head(model, artifact_dir / HEAD_FILE)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".merge-") as tmp:
+        staging = Path(tmp) / "ckpt"
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        (staging / _COMPLETE).write_text(json.dumps({"artifact": manifest.name, "version": manifest.version}))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)

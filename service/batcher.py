@@ -1,0 +1,212 @@
+"""Micro-batcher: many requests' pairs onto one engine, one batch at a time.
+
+One consumer task drains a bounded FIFO of pairs. A batch closes when the next
+pair would exceed the token budget, at the pair limit, or when no more work
+arrives within ``max_wait_ms`` of the batch's first pair. Pairs of requests that
+are already finished (deadline passed, client gone, failed) are dropped before
+they cost compute. An engine error fails every request in that batch and the
+loop goes on. A request that would overflow the queue is refused at once (429),
+so memory and latency stay bounded under overload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.engine import Engine, TokenIds
+from service.errors import DeadlineExceeded, EngineError, NotReady, QueueFull, ServiceError
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_tokens: int = 8192
+    max_batch_pairs: int = 256
+    max_wait_ms: float = 2.0
+    max_queue_pairs: int = 8192
+    retry_after_s: int = 1
+
+
+@dataclass(eq=False)
+class _Request:
+    pairs: Sequence[TokenIds]
+    deadline: float
+    future: asyncio.Future
+    enqueued_at: float
+    results: np.ndarray = field(init=False)
+    remaining: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.results = np.empty((len(self.pairs), 3), dtype=np.float32)
+        self.remaining = len(self.pairs)
+
+    def alive(self, now: float) -> bool:
+        return not self.future.done() and now < self.deadline
+
+
+class MicroBatcher:
+    def __init__(self, engine: Engine, limits: BatchLimits, metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.metrics = metrics or Metrics()
+        self._queue: deque[tuple[_Request, int]] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._accepting = False
+        self.batches_run = 0
+        self.metrics.queue_capacity.set(limits.max_queue_pairs)
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        self._accepting = True
+        self._task = asyncio.create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Stop the loop; whatever is still queued fails with 503."""
+        self._accepting = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while self._queue:
+            req, _ = self._queue.popleft()
+            if not req.future.done():
+                req.future.set_exception(NotReady("service is shutting down"))
+        self._set_queued(0)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def queued_pairs(self) -> int:
+        return self._queued
+
+    # -- producer side -----------------------------------------------------
+    async def score(self, pairs: Sequence[TokenIds], timeout_s: float) -> np.ndarray:
+        """Probabilities for ``pairs`` in order; raises a ``ServiceError`` on failure."""
+        if not self._accepting or not self.running:
+            raise NotReady("service is not accepting requests")
+        n = len(pairs)
+        if n == 0:
+            return np.zeros((0, 3), dtype=np.float32)
+        if self._queued + n > self.limits.max_queue_pairs:
+            self.metrics.failures.labels("queue_full").inc()
+            raise QueueFull(
+                f"queue full ({self._queued} of {self.limits.max_queue_pairs} pairs waiting); retry later",
+                headers={"Retry-After": str(self.limits.retry_after_s)},
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        req = _Request(pairs, now + timeout_s, loop.create_future(), time.perf_counter())
+        self._queue.extend((req, i) for i in range(n))
+        self._set_queued(self._queued + n)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(req.future, timeout=timeout_s)
+        except TimeoutError:
+            self.metrics.failures.labels("deadline_exceeded").inc()
+            raise DeadlineExceeded(f"request not scored within its {timeout_s:g}s deadline") from None
+
+    # -- consumer side -----------------------------------------------------
+    def _set_queued(self, n: int) -> None:
+        self._queued = n
+        self.metrics.queue_depth.set(n)
+
+    def _pop_alive(self, now: float) -> tuple[_Request, int] | None:
+        """Head of the queue, dropping pairs whose request is already finished."""
+        dropped = 0
+        while self._queue:
+            req, _ = self._queue[0]
+            if req.alive(now):
+                break
+            self._queue.popleft()
+            dropped += 1
+        if dropped:
+            self._set_queued(self._queued - dropped)
+            self.metrics.dropped_pairs.inc(dropped)
+        return self._queue[0] if self._queue else None
+
+    async def _collect(self) -> list[tuple[_Request, int]]:
+        loop = asyncio.get_running_loop()
+        batch: list[tuple[_Request, int]] = []
+        tokens = 0
+        close_at: float | None = None
+        lim = self.limits
+        while True:
+            head = self._pop_alive(loop.time())
+            if head is not None:
+                size = len(head[0].pairs[head[1]])
+                if batch and tokens + size > lim.max_batch_tokens:
+                    return batch  # token budget reached
+                self._queue.popleft()
+                self._set_queued(self._queued - 1)
+                batch.append(head)
+                tokens += size
+                if close_at is None:
+                    close_at = loop.time() + lim.max_wait_ms / 1000
+                if len(batch) >= lim.max_batch_pairs or tokens >= lim.max_batch_tokens:
+                    return batch
+                continue
+            # Queue empty: wait for more work, until the batch's wait is over.
+            self._wake.clear()
+            if close_at is None:
+                await self._wake.wait()
+                continue
+            remaining = close_at - loop.time()
+            if remaining <= 0:
+                return batch
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            if batch:
+                await self._execute(batch)
+
+    async def _execute(self, batch: list[tuple[_Request, int]]) -> None:
+        m = self.metrics
+        ids = [req.pairs[i] for req, i in batch]
+        start = time.perf_counter()
+        for req, _ in batch:
+            m.queue_wait.observe(start - req.enqueued_at)
+        m.batch_pairs.observe(len(ids))
+        m.batch_tokens.observe(sum(len(x) for x in ids))
+        try:
+            probs = await self.engine.score(ids)
+            if probs.shape != (len(ids), 3):
+                raise EngineError(f"engine returned shape {probs.shape} for {len(ids)} pairs")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            err = e if isinstance(e, ServiceError) else EngineError(f"{type(e).__name__}: {e}")
+            log.error("batch of %d pairs failed: %s", len(ids), err)
+            failed = {req for req, _ in batch if not req.future.done()}
+            m.failures.labels("engine_error").inc(len(failed))
+            for req in failed:
+                req.future.set_exception(err)
+            return
+        finally:
+            m.inference_duration.observe(time.perf_counter() - start)
+            self.batches_run += 1
+        m.pairs.inc(len(ids))
+        for (req, i), p in zip(batch, probs, strict=True):
+            if req.future.done():
+                continue
+            req.results[i] = p
+            req.remaining -= 1
+            if req.remaining == 0:
+                req.future.set_result(req.results)

