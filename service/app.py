@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import re
 import time
@@ -25,17 +26,21 @@ from relevance_core.labels import LABELS
 from service.errors import (
     ClientDisconnected,
     PayloadTooLarge,
+    QueueFull,
     ServiceError,
+    Unauthorized,
     UnsupportedMediaType,
     envelope,
     install_error_handlers,
 )
+from service.logs import request_id_var
 from service.metrics import Metrics
 from service.runtime import EngineFactory, Runtime, default_engine_factory
 from service.schemas import ErrorResponse, ScoreRequest, ScoreResponse
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("darl.access")
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -96,6 +101,7 @@ class ObserveMiddleware:
             return
         rid = _incoming_request_id(scope) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        token = request_id_var.set(rid)
         start = time.perf_counter()
         status = 500
 
@@ -110,10 +116,48 @@ class ObserveMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - start
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.request_duration.labels(path).observe(time.perf_counter() - start)
+            self.metrics.request_duration.labels(path).observe(elapsed)
+            # Method, route and status only: query and item text never reach the logs.
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                path,
+                status,
+                elapsed * 1000,
+                extra={"method": scope["method"], "route": path, "status": status, "ms": round(elapsed * 1000, 1)},
+            )
+            request_id_var.reset(token)
+
+
+class AuthMiddleware:
+    """Optional bearer-token auth (``DARL_API_KEY``), compared in constant time."""
+
+    def __init__(self, app: ASGIApp, api_key: str, exempt_paths: list[str]) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+        self.exempt = set(exempt_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for k, v in scope.get("headers") or []:
+            if k == b"authorization":
+                given = v
+                break
+        if not hmac.compare_digest(given, self.expected):
+            rid = scope.get("state", {}).get("request_id", "")
+            resp = envelope(
+                401, Unauthorized.type, "missing or invalid bearer token", rid, {"WWW-Authenticate": "Bearer"}
+            )
+            await resp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
@@ -168,9 +212,14 @@ def create_app(
     app.state.runtime = runtime
     install_error_handlers(app)
 
-    # Outermost first: observe sees every response, including the body limit's 413.
+    # Added innermost first: observe (outermost) sees every response, the 401 and 413 included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(
+            AuthMiddleware, api_key=settings.api_key.get_secret_value(), exempt_paths=settings.auth_exempt_paths
+        )
     app.add_middleware(ObserveMiddleware, metrics=metrics)
+    in_flight = 0
 
     @app.post(
         "/v1/score",
@@ -180,20 +229,19 @@ def create_app(
         summary="Relevance probabilities for a query and its candidate items",
     )
     async def score(body: ScoreRequest, request: Request) -> JSONResponse:
+        nonlocal in_flight
         _check_limits(body, settings)
-        task = asyncio.ensure_future(runtime.score(body))
-        gone = asyncio.ensure_future(_wait_for_disconnect(request))
+        if in_flight >= settings.max_concurrent_requests:
+            metrics.failures.labels("queue_full").inc()
+            raise QueueFull(
+                f"{in_flight} requests in flight (limit {settings.max_concurrent_requests}); retry later",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        in_flight += 1
         try:
-            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            scored = await _score_unless_disconnected(runtime, body, request)
         finally:
-            gone.cancel()
-        if not task.done():  # client disconnected: free its queued work
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ServiceError):
-                await task
-            metrics.failures.labels("client_disconnected").inc()
-            raise ClientDisconnected("client disconnected")
-        scored = task.result()
+            in_flight -= 1
         results = [
             {
                 "id": item.id,
@@ -253,6 +301,23 @@ def create_app(
         }
 
     return app
+
+
+async def _score_unless_disconnected(runtime: Runtime, body: ScoreRequest, request: Request):
+    """Score, but give up (and free the queued pairs) as soon as the client goes away."""
+    task = asyncio.ensure_future(runtime.score(body))
+    gone = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ServiceError):
+            await task
+        runtime.metrics.failures.labels("client_disconnected").inc()
+        raise ClientDisconnected("client disconnected")
+    return task.result()
 
 
 def _check_limits(body: ScoreRequest, settings: Settings) -> None:

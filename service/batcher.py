@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +35,9 @@ class BatchLimits:
     max_wait_ms: float = 2.0
     max_queue_pairs: int = 8192
     retry_after_s: int = 1
+    # Refuse a request whose estimated wait (queued pairs / measured throughput)
+    # exceeds this fraction of its deadline: it would only time out. 0 disables.
+    admission_wait_fraction: float = 0.8
 
 
 @dataclass(eq=False)
@@ -55,10 +58,18 @@ class _Request:
 
 
 class MicroBatcher:
-    def __init__(self, engine: Engine, limits: BatchLimits, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        limits: BatchLimits,
+        metrics: Metrics | None = None,
+        on_engine_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.limits = limits
         self.metrics = metrics or Metrics()
+        self.on_engine_error = on_engine_error
+        self.pairs_per_s: float | None = None  # EWMA of engine throughput, for admission
         self._queue: deque[tuple[_Request, int]] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
@@ -80,10 +91,14 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.fail_pending(NotReady("service is shutting down"))
+
+    def fail_pending(self, error: Exception) -> None:
+        """Fail every queued request now (the engine died or the service stops)."""
         while self._queue:
             req, _ = self._queue.popleft()
             if not req.future.done():
-                req.future.set_exception(NotReady("service is shutting down"))
+                req.future.set_exception(error)
         self._set_queued(0)
 
     @property
@@ -108,6 +123,7 @@ class MicroBatcher:
                 f"queue full ({self._queued} of {self.limits.max_queue_pairs} pairs waiting); retry later",
                 headers={"Retry-After": str(self.limits.retry_after_s)},
             )
+        self._admit(n, timeout_s)
         loop = asyncio.get_running_loop()
         now = loop.time()
         req = _Request(pairs, now + timeout_s, loop.create_future(), time.perf_counter())
@@ -119,6 +135,19 @@ class MicroBatcher:
         except TimeoutError:
             self.metrics.failures.labels("deadline_exceeded").inc()
             raise DeadlineExceeded(f"request not scored within its {timeout_s:g}s deadline") from None
+
+    def _admit(self, n: int, timeout_s: float) -> None:
+        """Refuse work that would only time out in the queue (fail fast, not at the deadline)."""
+        frac = self.limits.admission_wait_fraction
+        if not frac or not self.pairs_per_s:
+            return
+        wait = (self._queued + n) / self.pairs_per_s
+        if wait > frac * timeout_s:
+            self.metrics.failures.labels("queue_full").inc()
+            raise QueueFull(
+                f"overloaded: ~{wait:.1f}s of queued work exceeds the {timeout_s:g}s deadline; retry later",
+                headers={"Retry-After": str(self.limits.retry_after_s)},
+            )
 
     # -- consumer side -----------------------------------------------------
     def _set_queued(self, n: int) -> None:
@@ -180,6 +209,9 @@ class MicroBatcher:
     async def _execute(self, batch: list[tuple[_Request, int]]) -> None:
         m = self.metrics
         ids = [req.pairs[i] for req, i in batch]
+        # Throughput is learnt only from batches cut short by a backlog: those are as large
+        # as batches get, and a backlog is exactly when admission decisions matter.
+        backlog = self._queued > 0
         start = time.perf_counter()
         for req, _ in batch:
             m.queue_wait.observe(start - req.enqueued_at)
@@ -198,10 +230,16 @@ class MicroBatcher:
             m.failures.labels("engine_error").inc(len(failed))
             for req in failed:
                 req.future.set_exception(err)
+            if self.on_engine_error is not None:
+                self.on_engine_error(err)
             return
         finally:
             m.inference_duration.observe(time.perf_counter() - start)
             self.batches_run += 1
+        elapsed = time.perf_counter() - start
+        if backlog and elapsed > 0:
+            rate = len(ids) / elapsed
+            self.pairs_per_s = rate if self.pairs_per_s is None else 0.8 * self.pairs_per_s + 0.2 * rate
         m.pairs.inc(len(ids))
         for (req, i), p in zip(batch, probs, strict=True):
             if req.future.done():

@@ -4,6 +4,16 @@ Inference runs on one dedicated worker thread, off the event loop. Each batch
 is sorted by length and cut into sub-batches of similar lengths, so padding
 costs little; bf16 is used where the hardware has fast bf16 (on this project's
 CPU, AVX512-BF16 ran ~4x fp32).
+
+Two optional speed-ups, each measured by ``benchmarks/tune_engine.py`` (numbers
+in docs/benchmarks.md) before being made a default:
+
+- ``compile``: ``torch.compile`` (inductor, dynamic shapes) of the backbone and
+  head, which fuses the element-wise work (RMSNorm, RoPE, SiLU) that eager bf16
+  spends much of a small model's time on. Compiled on the warm-up, before ready.
+- ``prefix_reuse``: pairs of one request share the query prefix of the prompt;
+  its keys and values are computed once per group of pairs and reused, so only
+  each pair's own tokens run through the model.
 """
 
 from __future__ import annotations
@@ -27,17 +37,36 @@ log = logging.getLogger(__name__)
 
 # Padded tokens per forward pass. Larger sub-batches gain little on CPU and cost memory.
 SUB_BATCH_TOKENS = 4096
+# Defaults of the optional speed-ups (see the module docstring); constructor arguments override them.
+COMPILE = False
+PREFIX_REUSE = False
+# A group shares its prefix only if it is at least this many tokens (shorter is not worth a pass).
+MIN_SHARED_PREFIX = 4
 
 
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, checkpoint_dir: Path, settings: Settings) -> None:
+    def __init__(
+        self,
+        checkpoint_dir: Path,
+        settings: Settings,
+        *,
+        sub_batch_tokens: int | None = None,
+        compile: bool | None = None,
+        prefix_reuse: bool | None = None,
+    ) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.settings = settings
         self.device = "cuda" if cuda_available() else "cpu"
         self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.sub_batch_tokens = sub_batch_tokens or SUB_BATCH_TOKENS
+        self.compile = COMPILE if compile is None else compile
+        self.prefix_reuse = PREFIX_REUSE if prefix_reuse is None else prefix_reuse
         self._model: Any = None
+        self._backbone: Any = None
+        self._head: Any = None
+        self._plain: Any = None
         self._pad_id = 0
         self._executor: ThreadPoolExecutor | None = None
         self._failure: str | None = None
@@ -63,12 +92,27 @@ class TorchEngine(Engine):
             raise EngineError(f"{self.checkpoint_dir} has no pad_token_id in its config")
         self._pad_id = int(pad)
         self._model = model
+        # Backbone + head called directly (last-token pooling here): the head runs on one
+        # row per pair, and the backbone can take a shared prefix's cache.
+        self._backbone = getattr(model, model.base_model_prefix, None)
+        self._head = getattr(model, "score", None)
+        if self._backbone is None or self._head is None:
+            self.compile = self.prefix_reuse = False
+        self._plain = self._plain_logits
+        if self.compile:
+            self._plain = torch.compile(self._plain_logits, dynamic=True)
+            with torch.inference_mode():  # compile now (two shapes: dynamic from the start), not on a request
+                for rows, width in ((2, 8), (3, 13)):
+                    ids = torch.full((rows, width), 1, dtype=torch.long, device=self.device)
+                    self._plain(ids, torch.ones_like(ids), torch.full((rows,), width - 1, device=self.device))
         log.info(
-            "torch engine loaded %s on %s (%s, %d threads) in %.1fs",
+            "torch engine loaded %s on %s (%s, %d threads, compile=%s, prefix_reuse=%s) in %.1fs",
             self.checkpoint_dir,
             self.device,
             self.dtype,
             torch.get_num_threads(),
+            self.compile,
+            self.prefix_reuse,
             time.perf_counter() - t0,
         )
 
@@ -76,7 +120,7 @@ class TorchEngine(Engine):
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-        self._model = None
+        self._model = self._backbone = self._head = self._plain = None
 
     async def health(self) -> None:
         if self._failure is not None:
@@ -93,23 +137,138 @@ class TorchEngine(Engine):
         logits = await loop.run_in_executor(self._executor, self._forward, list(batch))
         return probs_from_logits(logits)
 
+    # -- compute (worker thread) ----------------------------------------------
+    def _plain_logits(self, ids: Any, mask: Any, last: Any) -> Any:
+        """Logits of right-padded rows; ``last`` = index of each row's last real token."""
+        import torch
+
+        if self._head is None:
+            return self._model(input_ids=ids, attention_mask=mask).logits
+        hidden = self._backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self._head(hidden[torch.arange(ids.shape[0], device=ids.device), last])
+
     def _forward(self, batch: list[TokenIds]) -> np.ndarray:
         import torch
 
-        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
         out = np.empty((len(batch), 3), dtype=np.float32)
+        plain: list[int] = list(range(len(batch)))
         with torch.inference_mode():
-            for chunk in _length_chunks(order, batch, SUB_BATCH_TOKENS):
-                width = len(batch[chunk[-1]])
-                ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    n = len(batch[i])
-                    ids[row, :n] = torch.as_tensor(batch[i], dtype=torch.long)
-                    mask[row, :n] = 1
-                logits = self._model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                out[chunk] = logits.float().cpu().numpy()
+            if self.prefix_reuse:
+                groups = _prefix_groups(batch, MIN_SHARED_PREFIX)
+                shared = [g for g in groups if g[0] > 0]
+                plain = [i for p, members in groups if p == 0 for i in members]
+                if shared:
+                    self._forward_shared(batch, shared, out)
+            order = sorted(plain, key=lambda i: len(batch[i]))
+            for chunk in _length_chunks(order, batch, self.sub_batch_tokens):
+                out[chunk] = self._run_plain([batch[i] for i in chunk])
         return out
+
+    def _run_plain(self, rows: list[TokenIds]) -> np.ndarray:
+        import torch
+
+        n_real = len(rows)
+        if self.compile and n_real == 1:
+            rows = [rows[0], rows[0]]  # a batch of 1 would be a shape of its own to compile
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+            mask[k, : len(r)] = 1
+        last = torch.as_tensor([len(r) - 1 for r in rows], dtype=torch.long)
+        logits = self._plain(ids.to(self.device), mask.to(self.device), last.to(self.device))
+        return logits[:n_real].float().cpu().numpy()
+
+    def _forward_shared(self, batch: list[TokenIds], groups: list[tuple[int, list[int]]], out: np.ndarray) -> None:
+        """Groups that share a prefix: one pass over the prefixes, then each pair's own tokens."""
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.device
+        # 1. every group's prefix, right-padded, in one pass
+        plen = [p for p, _ in groups]
+        width = max(plen)
+        pids = torch.full((len(groups), width), self._pad_id, dtype=torch.long)
+        pmask = torch.zeros((len(groups), width), dtype=torch.long)
+        for g, (p, members) in enumerate(groups):
+            pids[g, :p] = torch.as_tensor(batch[members[0]][:p], dtype=torch.long)
+            pmask[g, :p] = 1
+        pids, pmask = pids.to(dev), pmask.to(dev)
+        cache = self._backbone(input_ids=pids, attention_mask=pmask, use_cache=True).past_key_values
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        # 2. the pairs' own tokens over their group's cached prefix, sorted by length, in sub-batches
+        rows = [(i, g) for g, (_, members) in enumerate(groups) for i in members]
+        rows.sort(key=lambda r: len(batch[r[0]]) - plen[r[1]])
+        suffix_len = {i: len(batch[i]) - plen[g] for i, g in rows}
+        chunk: list[tuple[int, int]] = []
+        chunks = []
+        for r in rows:
+            if chunk and (len(chunk) + 1) * (suffix_len[r[0]] + width) > self.sub_batch_tokens:
+                chunks.append(chunk)
+                chunk = []
+            chunk.append(r)
+        if chunk:
+            chunks.append(chunk)
+        for chunk in chunks:
+            idx = [i for i, _ in chunk]
+            gidx = torch.as_tensor([g for _, g in chunk], dtype=torch.long, device=dev)
+            sw = max(suffix_len[i] for i in idx)
+            sids = torch.full((len(chunk), sw), self._pad_id, dtype=torch.long)
+            smask = torch.zeros((len(chunk), sw), dtype=torch.long)
+            for k, (i, g) in enumerate(chunk):
+                own = batch[i][plen[g] :]
+                sids[k, : len(own)] = torch.as_tensor(own, dtype=torch.long)
+                smask[k, : len(own)] = 1
+            starts = torch.as_tensor([plen[g] for _, g in chunk], dtype=torch.long)
+            pos = (starts[:, None] + torch.arange(sw)[None, :]).to(dev)
+            mask = torch.cat([pmask.index_select(0, gidx), smask.to(dev)], dim=1)
+            past = DynamicCache(ddp_cache_data=[(k.index_select(0, gidx), v.index_select(0, gidx)) for k, v in kv])
+            hidden = self._backbone(
+                input_ids=sids.to(dev), attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True
+            ).last_hidden_state
+            last = torch.as_tensor([suffix_len[i] - 1 for i in idx], dtype=torch.long, device=dev)
+            logits = self._head(hidden[torch.arange(len(idx), device=dev), last])
+            out[idx] = logits.float().cpu().numpy()
+
+
+def _prefix_groups(batch: Sequence[TokenIds], min_prefix: int) -> list[tuple[int, list[int]]]:
+    """Group pairs that share a token prefix of at least ``min_prefix`` tokens.
+
+    Returns ``(shared prefix length, member indices)``; length 0 for pairs that share
+    nothing worth reusing (and for lone pairs). Every member keeps at least its last
+    token out of the prefix: that is the token the head reads.
+    """
+    order = sorted(range(len(batch)), key=lambda i: tuple(batch[i]))
+    groups: list[tuple[int, list[int]]] = []
+    members: list[int] = []
+    common = 0
+
+    def flush() -> None:
+        if len(members) > 1 and common >= min_prefix:
+            groups.append((common, list(members)))
+        else:
+            groups.extend((0, [i]) for i in members)
+
+    for i in order:
+        if members:
+            prev = batch[members[-1]]
+            cur = batch[i]
+            lcp = 0
+            limit = min(len(prev), len(cur)) - 1  # keep at least the last token of each pair
+            while lcp < limit and prev[lcp] == cur[lcp]:
+                lcp += 1
+            shared = min(common, lcp) if len(members) > 1 else lcp
+            if shared >= min_prefix:
+                members.append(i)
+                common = shared
+                continue
+            flush()
+        members = [i]
+        common = len(batch[i]) - 1
+    if members:
+        flush()
+    return groups
 
 
 def _length_chunks(order: list[int], batch: Sequence[TokenIds], max_tokens: int) -> list[list[int]]:

@@ -86,10 +86,17 @@ def envelope(status: int, type_: str, message: str, request_id: str, headers=Non
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
+        if err.get("type") == "json_invalid":
+            where = err.get("loc", ("body", "?"))[-1]
+            parts.append(f"malformed JSON at position {where}: {err.get('ctx', {}).get('error', 'decode error')}")
+            continue
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     more = len(exc.errors()) - 5
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+_HTTP_TYPES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -109,10 +116,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error"
-        )
-        return envelope(exc.status_code, type_, str(exc.detail), request_id_of(request))
+        type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400:  # FastAPI could not decode the body at all
+            message = f"malformed request body (not UTF-8 JSON, or nested too deeply): {message}"
+        return envelope(exc.status_code, type_, message, request_id_of(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

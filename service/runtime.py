@@ -66,6 +66,8 @@ class Runtime:
         self.failure: str | None = None
         self.load_seconds: float | None = None
         self._loader: asyncio.Task | None = None
+        self._monitor: asyncio.Task | None = None
+        self._probe: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -87,7 +89,7 @@ class Runtime:
             self.engine = engine
             await engine.start()
             await self._warm_up(engine)
-            self.batcher = MicroBatcher(engine, self._limits(), self.metrics)
+            self.batcher = MicroBatcher(engine, self._limits(), self.metrics, self._on_engine_error)
             await self.batcher.start()
         except asyncio.CancelledError:
             raise
@@ -99,6 +101,7 @@ class Runtime:
         self.ready = True
         self.metrics.engine_ready.set(1)
         self.metrics.model_info.labels(self.artifact.name, self.artifact.version, engine.name, engine.dtype).set(1)
+        self._monitor = asyncio.create_task(self._watch_engine(), name="engine-monitor")
         log.info(
             "ready: %s (%s) on the %s engine (%s) after %.1fs",
             self.artifact.name,
@@ -122,6 +125,7 @@ class Runtime:
             max_wait_ms=s.max_wait_ms,
             max_queue_pairs=s.max_queue_pairs,
             retry_after_s=s.retry_after_s,
+            admission_wait_fraction=s.admission_wait_fraction,
         )
 
     async def _warm_up(self, engine: Engine) -> None:
@@ -135,10 +139,11 @@ class Runtime:
     async def stop(self) -> None:
         self.ready = False
         self.metrics.engine_ready.set(0)
-        if self._loader is not None and not self._loader.done():
-            self._loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loader
+        for task in (self._loader, self._monitor, self._probe):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.batcher is not None:
             await self.batcher.stop()
         if self.engine is not None:
@@ -162,11 +167,43 @@ class Runtime:
             raise NotReady("model is loading" if self.failure is None else self.failure)
 
     def mark_failed(self, reason: str) -> None:
+        """The engine is gone: fail queued work now, turn /readyz and /healthz 503."""
         if self.ready:
             log.error("engine failed: %s", reason)
         self.ready = False
         self.failure = reason
         self.metrics.engine_ready.set(0)
+        if self.batcher is not None:
+            self.batcher.fail_pending(EngineError(f"engine failed: {reason}"))
+
+    async def _watch_engine(self) -> None:
+        """Poll engine health so a dead engine flips readiness within seconds, even when idle."""
+        assert self.engine is not None
+        while self.failure is None:
+            await asyncio.sleep(self.settings.health_interval_s)
+            try:
+                await self.engine.health()
+            except EngineError as e:
+                self.mark_failed(e.message)
+            except Exception as e:
+                self.mark_failed(f"{type(e).__name__}: {e}")
+
+    def _on_engine_error(self, error: Exception) -> None:
+        """After a failed batch, re-run the warm-up pair: a transient error keeps the pod
+        serving, a broken engine (the probe fails too) is marked failed."""
+        if self.failure is None and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.create_task(self._probe_engine(error), name="engine-probe")
+
+    async def _probe_engine(self, error: Exception) -> None:
+        assert self.engine is not None
+        try:
+            await asyncio.wait_for(self._warm_up(self.engine), timeout=max(5.0, self.settings.request_timeout_s))
+        except asyncio.CancelledError:
+            raise
+        except Exception as probe_error:
+            self.mark_failed(f"{error} (probe after the failure: {type(probe_error).__name__}: {probe_error})")
+        else:
+            log.warning("engine error on one batch, probe passed; still serving: %s", error)
 
     # -- scoring -----------------------------------------------------------
     def model_info(self) -> dict[str, Any]:

@@ -9,7 +9,9 @@ class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=256, description="caller's item id, echoed back")
-    title: str = Field(min_length=1, description="item title; required, non-empty")
+    title: str = Field(
+        min_length=1, description="item title; required, not blank", json_schema_extra={"pattern": r"\S"}
+    )
     description: str | None = Field(None, description="optional longer text, truncated first")
 
     @field_validator("title")
@@ -36,8 +38,12 @@ class ScoreRequest(BaseModel):
         },
     )
 
-    query: str = Field(min_length=1, description="the search query")
-    items: list[Item] = Field(min_length=1, description="candidate items, scored in input order")
+    query: str = Field(min_length=1, description="the search query; not blank", json_schema_extra={"pattern": r"\S"})
+    items: list[Item] = Field(
+        min_length=1,
+        description="candidate items, scored in input order; ids unique within the request; "
+        "at most DARL_MAX_ITEMS (default 512)",
+    )
 
     @field_validator("query")
     @classmethod

@@ -11,6 +11,7 @@ import uvicorn
 
 from relevance_core.manifest import ArtifactError, verify_artifact
 from service.app import create_app
+from service.logs import configure_logging
 from service.settings import Settings
 
 
@@ -41,10 +42,12 @@ def serve(settings: Settings) -> int:
                 file=sys.stderr,
             )
         return 2
+    configure_logging(settings.log_level, settings.log_format)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        log_config=None,  # keep our structured root handler
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         access_log=False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ARTIFACT = Path("model_artifacts") / "darl-smollm2"
@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0, description="... or after this wait for more work")
     max_queue_pairs: int = Field(8192, ge=1, description="queued pairs before 429")
     request_timeout_s: float = Field(5.0, gt=0, description="per-request deadline; 504 past it")
+    admission_wait_fraction: float = Field(
+        0.8,
+        ge=0,
+        description="refuse (429) a request whose estimated queue wait exceeds this fraction of the "
+        "deadline, so accepted requests finish in time under overload; 0 disables",
+    )
+    max_concurrent_requests: int = Field(512, ge=1, description="score requests in flight before 429")
 
     # Request limits
     max_items: int = Field(512, ge=1)
@@ -47,9 +54,18 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(1000, ge=1)
     max_field_chars: int = Field(10_000, ge=1)
 
+    # Security
+    api_key: SecretStr | None = Field(None, description="if set, /v1/* needs `Authorization: Bearer <key>`")
+    auth_exempt_paths: list[str] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
+        description="paths open without the API key (probes and scraping)",
+    )
+
     # Operations
     shutdown_grace_s: float = Field(20.0, ge=0, description="drain time after SIGTERM")
+    health_interval_s: float = Field(1.0, gt=0, description="engine liveness poll period")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
 
     @property
     def retry_after_s(self) -> int:

@@ -1,0 +1,120 @@
+"""One tiny-model run of every stage, exported and reloaded through the service loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relevance_core.manifest import read_manifest
+from tests.tiny import tiny_base_ref
+
+
+def tiny_config(tmp: Path, data_root: Path, base: Path, **over):
+    from training.config import TrainConfig
+
+    raw = {
+        "name": "tiny-darl",
+        "seed": 3,
+        "threads": 2,
+        "base_model": tiny_base_ref(base).model_dump(),
+        "max_length": 48,
+        "run_dir": str(tmp / "run"),
+        "output_dir": str(tmp / "artifact"),
+        "data": {"root": str(data_root)},
+        "features": {"batch_size": 32, "autocast": "float32"},
+        "dasa": {"budget": 12, "per_query_cap": 2, "knn_k": 3},
+        "finetune": {
+            "max_train_pairs": 96,
+            "batch_size": 8,
+            "grad_accum": 2,
+            "lr": 5e-3,
+            "head_lr": 5e-3,
+            "autocast": "float32",
+            "checkpoint_every": 2,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        },
+        "interpolate": {"grid": [0.0, 0.5, 1.0]},
+        "eval": {"batch_size": 32},
+        "root_dir": str(tmp),
+    }
+    for k, v in over.items():
+        raw[k] = v
+    return TrainConfig.model_validate(raw)
+
+
+@pytest.mark.slow
+def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_base_dir: Path) -> None:
+    import torch
+
+    from relevance_core.postprocess import probs_from_logits
+    from relevance_core.prompt import PromptRenderer
+    from service.artifacts import load_artifact
+    from training.data import render_pairs
+    from training.evaluate import predict
+    from training.export import load_for_eval
+    from training.features import encode
+    from training.pipeline import run
+
+    cfg = tiny_config(tmp_path, data_root, tiny_base_dir)
+    summary = run(cfg, progress=False)
+    ctx = summary.pop("_context")
+    # Every stage ran and left its record.
+    assert summary["probe_val"]["id"]["accuracy"] >= 0
+    assert set(summary["ood_auroc"]) == {"mahalanobis", "knn", "combined"}
+    assert summary["selection"]["selected"] <= 12
+    assert summary["stage2"]["dasa_pairs"] == summary["selection"]["labelled"] > 0
+    curve = summary["interpolation"]["curve"]
+    assert [r["coef"] for r in curve] == [0.0, 0.5, 1.0]
+    assert all("id" in r and "ood" in r and np.isfinite(r["objective"]) for r in curve)
+    assert summary["interpolation"]["coef"] == max(curve, key=lambda r: r["objective"])["coef"]
+    assert summary["id"]["n"] > 0 and summary["ood"]["n"] > 0
+    for f in ("metrics.json", "report.md", "confusion_id.png", "reliability_ood.png", "id_vs_ood.png"):
+        assert (cfg.run_path / "eval" / f).is_file()
+
+    manifest = read_manifest(cfg.output_path)
+    assert manifest.kind == "adapter" and manifest.max_length == 48
+    assert manifest.data_fingerprint and manifest.metrics["id"]["macro_f1"] == summary["id"]["macro_f1"]
+    assert manifest.training_config["finetune"]["method"] == "lora"
+    assert "adapter/adapter_model.safetensors" in manifest.files and "head.safetensors" in manifest.files
+    assert json.loads((cfg.output_path / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+    # Reload through the service's loader; its merged HF checkpoint must score like the training model.
+    loaded = load_artifact(cfg.output_path, tmp_path / "cache")
+    from transformers import AutoModelForSequenceClassification
+
+    served = AutoModelForSequenceClassification.from_pretrained(loaded.checkpoint_dir, dtype=torch.float32).eval()
+    pairs = ctx.splits.test_id[:20] + ctx.splits.test_ood[:20]
+    seqs, _ = render_pairs(PromptRenderer(ctx.tok, cfg.max_length), pairs)
+    pad = ctx.tok.pad_token_id
+    _, train_logits = encode(ctx.model, seqs, pad, 16, "float32", want_features=False, progress=False)
+    _, served_logits = encode(served, seqs, pad, 16, "float32", want_features=False, progress=False)
+    np.testing.assert_allclose(probs_from_logits(served_logits), probs_from_logits(train_logits), atol=1e-5)
+    # The training-side loader (used by `darl eval`) agrees too.
+    model, tok, _ = load_for_eval(cfg.output_path)
+    np.testing.assert_allclose(
+        predict(model, tok, pairs, 48, dtype="float32", progress=False), probs_from_logits(train_logits), atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_resume_gives_same_weights(tmp_path: Path, data_root: Path, tiny_base_dir: Path) -> None:
+    """Killing stage 2 and rerunning resumes from the checkpoint and ends identical."""
+    import torch
+
+    from training.pipeline import run
+
+    full = run(tiny_config(tmp_path / "a", data_root, tiny_base_dir), export=False, progress=False)
+    cfg_b = tiny_config(tmp_path / "b", data_root, tiny_base_dir)
+    with pytest.raises(InterruptedError):
+        run(cfg_b, export=False, progress=False, stop_after_steps=3)
+    assert (cfg_b.run_path / "stage2" / "last.pt").is_file()
+    resumed = run(cfg_b, export=False, progress=False)
+    a = full.pop("_context").model
+    b = resumed.pop("_context").model
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert na == nb
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    assert full["id"] == resumed["id"] and full["ood"] == resumed["ood"]

@@ -1,0 +1,79 @@
+"""DaRL loss terms: values and gradients on hand-made cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.losses import darl_loss  # noqa: E402
+
+
+def test_ce_only_matches_torch() -> None:
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+    y = torch.tensor([0, 2])
+    loss, parts = darl_loss(logits, y)
+    expected = torch.nn.functional.cross_entropy(logits, y)
+    assert loss.item() == pytest.approx(expected.item())
+    assert parts["ce"] == pytest.approx(expected.item())
+
+
+def test_uniform_prediction_terms() -> None:
+    logits = torch.zeros(1, 3)
+    y = torch.tensor([2])
+    _, parts = darl_loss(logits, y, confidence_penalty=1.0, ordinal_weight=1.0)
+    assert parts["ce"] == pytest.approx(math.log(3))
+    assert parts["neg_entropy"] == pytest.approx(-math.log(3))  # Σ p log p of uniform
+    # E[g] = 1, target 2 → ((1 - 2) / 2)² = 0.25
+    assert parts["ordinal"] == pytest.approx(0.25)
+    loss, _ = darl_loss(logits, y, confidence_penalty=0.5, ordinal_weight=2.0)
+    assert loss.item() == pytest.approx(math.log(3) - 0.5 * math.log(3) + 2 * 0.25)
+
+
+def test_emd2_value() -> None:
+    # p = one-hot on grade 0, target 2: CDF_p = [1,1,1], CDF_y = [0,0,1] → 1 + 1 + 0 = 2
+    logits = torch.tensor([[100.0, -100.0, -100.0]])
+    _, parts = darl_loss(logits, torch.tensor([2]), ordinal_weight=1.0, ordinal_form="emd2")
+    assert parts["ordinal"] == pytest.approx(2.0, abs=1e-6)
+    # a near-miss costs less than a far miss
+    _, near = darl_loss(torch.tensor([[-100.0, 100.0, -100.0]]), torch.tensor([2]), ordinal_form="emd2")
+    assert near["ordinal"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ordinal_gradient_matches_hand_derivation() -> None:
+    """d/dz of ((E[g]-y)/2)² = 2·(E[g]-y)/4 · p_k (g_k − E[g])."""
+    z = torch.tensor([[0.3, -0.2, 0.5]], requires_grad=True)
+    y = torch.tensor([0])
+    loss, _ = darl_loss(z, y, ordinal_weight=1.0)
+    ce_grad = torch.softmax(z, -1) - torch.nn.functional.one_hot(y, 3)
+    loss.backward()
+    p = torch.softmax(z.detach(), -1)[0]
+    g = torch.arange(3.0)
+    eg = (p * g).sum()
+    ord_grad = 2 * (eg - 0) / 4 * p * (g - eg)
+    torch.testing.assert_close(z.grad[0], (ce_grad[0] + ord_grad).float(), atol=1e-6, rtol=1e-5)
+
+
+def test_confidence_penalty_gradient_and_direction() -> None:
+    """d/dz Σ p log p = p ⊙ (log p + H), and the penalty lowers the top probability."""
+    z = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+    y = torch.tensor([0])
+    base, _ = darl_loss(z, y)
+    pen, _ = darl_loss(z, y, confidence_penalty=1.0)
+    (pen - base).backward()
+    p = torch.softmax(z.detach(), -1)[0]
+    logp = p.log()
+    ent = -(p * logp).sum()
+    torch.testing.assert_close(z.grad[0], p * (logp + ent), atol=1e-6, rtol=1e-5)
+    assert z.grad[0, 0] > 0  # gradient descent pushes the confident logit down
+
+
+def test_label_smoothing_and_bad_form() -> None:
+    z = torch.tensor([[1.0, 0.0, 0.0]])
+    y = torch.tensor([0])
+    smooth, _ = darl_loss(z, y, label_smoothing=0.1)
+    assert smooth.item() == pytest.approx(torch.nn.functional.cross_entropy(z, y, label_smoothing=0.1).item())
+    with pytest.raises(ValueError):
+        darl_loss(z, y, ordinal_form="nope")
