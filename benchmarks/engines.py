@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `darl serve` sets it (darl/cli.py)
 
 ENGINE_CONFIGS = {
     "torch-bf16": ("torch", "bfloat16", {}),

@@ -61,7 +61,7 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 
 
-async def capacity(url: str, bodies: list[dict], seconds: float = 15.0, concurrency: int = 8) -> float:
+async def capacity(url: str, bodies: list[dict], seconds: float = 20.0, concurrency: int = 2) -> float:
     """Requests/s of a closed loop at ``concurrency`` (the service at full batching)."""
     done = 0
     stop = time.monotonic() + seconds

@@ -27,6 +27,9 @@ from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# Batches at least this large are taken as representative of the engine's throughput.
+MIN_BATCH_FOR_RATE = 8
+
 
 @dataclass(frozen=True)
 class BatchLimits:
@@ -72,6 +75,7 @@ class MicroBatcher:
         self.pairs_per_s: float | None = None  # EWMA of engine throughput, for admission
         self._queue: deque[tuple[_Request, int]] = deque()
         self._queued = 0
+        self._inflight = 0  # pairs in the batch the engine is computing now
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._accepting = False
@@ -141,7 +145,7 @@ class MicroBatcher:
         frac = self.limits.admission_wait_fraction
         if not frac or not self.pairs_per_s:
             return
-        wait = (self._queued + n) / self.pairs_per_s
+        wait = (self._inflight + self._queued + n) / self.pairs_per_s
         if wait > frac * timeout_s:
             self.metrics.failures.labels("queue_full").inc()
             raise QueueFull(
@@ -209,9 +213,10 @@ class MicroBatcher:
     async def _execute(self, batch: list[tuple[_Request, int]]) -> None:
         m = self.metrics
         ids = [req.pairs[i] for req, i in batch]
-        # Throughput is learnt only from batches cut short by a backlog: those are as large
-        # as batches get, and a backlog is exactly when admission decisions matter.
-        backlog = self._queued > 0
+        # Throughput is learnt from batches that are large (or cut short by a backlog):
+        # a lone small request's batch mostly measures per-batch overhead.
+        representative = self._queued > 0 or len(ids) >= MIN_BATCH_FOR_RATE
+        self._inflight = len(ids)
         start = time.perf_counter()
         for req, _ in batch:
             m.queue_wait.observe(start - req.enqueued_at)
@@ -234,10 +239,11 @@ class MicroBatcher:
                 self.on_engine_error(err)
             return
         finally:
+            self._inflight = 0
             m.inference_duration.observe(time.perf_counter() - start)
             self.batches_run += 1
         elapsed = time.perf_counter() - start
-        if backlog and elapsed > 0:
+        if representative and elapsed > 0:
             rate = len(ids) / elapsed
             self.pairs_per_s = rate if self.pairs_per_s is None else 0.8 * self.pairs_per_s + 0.2 * rate
         m.pairs.inc(len(ids))

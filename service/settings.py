@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     vllm_tensor_parallel_size: int = Field(1, ge=1)
 
     # Micro-batching
-    max_batch_tokens: int = Field(8192, ge=1, description="a batch closes at this many tokens")
-    max_batch_pairs: int = Field(256, ge=1, description="... or this many pairs")
+    max_batch_tokens: int = Field(4096, ge=1, description="a batch closes at this many tokens")
+    max_batch_pairs: int = Field(64, ge=1, description="... or this many pairs")
     max_wait_ms: float = Field(2.0, ge=0, description="... or after this wait for more work")
     max_queue_pairs: int = Field(8192, ge=1, description="queued pairs before 429")
     request_timeout_s: float = Field(5.0, gt=0, description="per-request deadline; 504 past it")

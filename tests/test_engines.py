@@ -52,9 +52,9 @@ def test_length_chunks_respect_the_padded_token_budget() -> None:
         assert len(c) == 1 or len(c) * max(len(batch[i]) for i in c) <= 64
 
 
-def test_auto_engine_is_torch_without_a_gpu() -> None:
-    assert resolve_engine("auto") == "torch"
-    assert resolve_engine("vllm") == "vllm"
+def test_auto_engine_follows_the_installed_packages() -> None:
+    assert resolve_engine("auto") == ("vllm" if vllm_installed() else "torch")
+    assert resolve_engine("vllm") == "vllm" and resolve_engine("torch") == "torch"
 
 
 async def test_torch_engine_alone_equals_batched(tiny_artifact: Path, tokenizer) -> None:

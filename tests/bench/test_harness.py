@@ -288,3 +288,46 @@ def test_report_renders_tables_ratios_targets_and_a_plot(tmp_path: Path) -> None
     darl = next(r for r in rows if r["server"] == "darl-torch")
     assert darl["unloaded_p50"] == pytest.approx(0.55)  # c=1 latencies (0.5, 0.6)
     assert darl["factor"] == pytest.approx((0.6 + 0.3 * 0.99) / 0.55)  # open-loop p99 of (0.6, 0.9)
+
+
+def test_probability_parsers_map_every_server_to_label_order() -> None:
+    from benchmarks import servers
+
+    darl = json.dumps({"results": [{"probs": {"strong": 0.7, "weak": 0.2, "irrelevant": 0.1}}]}).encode()
+    vllm = json.dumps({"data": [{"probs": [0.1, 0.2, 0.7]}]}).encode()
+    inf = json.dumps({"data": [[{"label": "strong", "score": 0.7}, {"label": "irrelevant", "score": 0.1},
+                                {"label": "weak", "score": 0.2}]]}).encode()  # fmt: skip
+    assert servers.probs_darl(darl) == servers.probs_classify(vllm) == servers.probs_infinity(inf) == [[0.1, 0.2, 0.7]]
+
+
+def test_agreement_compares_every_server_with_this_service_on_the_first_call() -> None:
+    run = {
+        "servers": [
+            {"name": "a", "ours": True, "windows": [{}], "first_call_probs": {"10": [[0.1, 0.2, 0.7]]}},
+            {"name": "b", "ours": False, "windows": [{}], "first_call_probs": {"10": [[0.1, 0.25, 0.65]]}},
+            {"name": "c", "ours": False, "windows": [{}], "first_call_probs": {"10": None}},
+        ]
+    }
+    rows = report.agreement(run)
+    assert [r["server"] for r in rows] == ["b", "c"]
+    assert rows[0]["max_abs_diff"] == pytest.approx(0.05) and rows[1]["max_abs_diff"] is None
+
+
+def test_darl_serve_wrapper_overrides_engine_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.engine_torch as et
+    from benchmarks.darl_serve import apply_overrides
+
+    for attr in ("COMPILE", "PREFIX_REUSE", "SUB_BATCH_TOKENS"):
+        monkeypatch.setattr(et, attr, getattr(et, attr))  # restored after the test
+    applied = apply_overrides({"DARL_BENCH_TORCH_COMPILE": "1", "DARL_BENCH_SUB_BATCH_TOKENS": "2048", "OTHER": "x"})
+    assert applied == {"COMPILE": True, "SUB_BATCH_TOKENS": 2048}
+    assert et.COMPILE is True and et.SUB_BATCH_TOKENS == 2048
+
+
+def test_darl_variants_with_engine_overrides_start_through_the_wrapper(tmp_path: Path) -> None:
+    from benchmarks import servers
+
+    plain = servers.darl_spec("d", tmp_path, "torch", "bfloat16", 1, None, {"DARL_TORCH_THREADS": "1"})
+    tuned = servers.darl_spec("d", tmp_path, "torch", "bfloat16", 1, None, {"DARL_BENCH_PREFIX_REUSE": "1"})
+    assert plain.argv[-1] == "serve" and plain.env["DARL_TORCH_THREADS"] == "1"
+    assert tuned.argv[-2:] == ["-m", "benchmarks.darl_serve"] and tuned.env["DARL_BENCH_PREFIX_REUSE"] == "1"

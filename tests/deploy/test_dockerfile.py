@@ -58,7 +58,7 @@ def test_image_runs_darl_serve_as_non_root(target):
 
 
 def test_engines_per_target():
-    assert image_config("cpu").env["DARL_ENGINE"] == "torch"
+    assert image_config("cpu").env["DARL_ENGINE"] == "vllm"
     assert image_config("gpu").env["DARL_ENGINE"] == "vllm"
 
 

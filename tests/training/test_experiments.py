@@ -57,3 +57,9 @@ def test_experiment_table(tmp_path: Path, data_root: Path, tiny_base_dir: Path) 
     # A finished run is reused, not retrained.
     again = run_experiments(tmp_path / "exp.yaml", out, only=["sft"])
     assert [r["summary"] for r in again] == [r["summary"] for r in rows]
+    # Rewriting the table only: a deleted run shows up as not run.
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / "full-s13")
+    run_experiments(tmp_path / "exp.yaml", out, run=False)
+    assert "Not run yet (no summary): `full-s13`." in out.read_text()

@@ -70,6 +70,17 @@ def test_confidence_penalty_gradient_and_direction() -> None:
     assert z.grad[0, 0] > 0  # gradient descent pushes the confident logit down
 
 
+def test_balanced_class_weights() -> None:
+    from training.losses import balanced_class_weights
+
+    w = balanced_class_weights([0, 1, 1, 2, 2, 2], 3)
+    torch.testing.assert_close(w, torch.tensor([2.0, 1.0, 2 / 3]))
+    z = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    y = torch.tensor([0, 2])
+    loss, _ = darl_loss(z, y, class_weights=w)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(z, y, weight=w).item())
+
+
 def test_label_smoothing_and_bad_form() -> None:
     z = torch.tensor([[1.0, 0.0, 0.0]])
     y = torch.tensor([0])

@@ -1,0 +1,1 @@
+"""Benchmarks of the scoring service and its peers (``python -m benchmarks.run``)."""

