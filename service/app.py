@@ -59,8 +59,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
+        length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._reject(scope, receive, send)
             return
@@ -145,11 +144,7 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        given = b""
-        for k, v in scope.get("headers") or []:
-            if k == b"authorization":
-                given = v
-                break
+        given = _header(scope, b"authorization") or b""
         if not hmac.compare_digest(given, self.expected):
             rid = scope.get("state", {}).get("request_id", "")
             resp = envelope(
@@ -160,12 +155,19 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def _incoming_request_id(scope: Scope) -> str | None:
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """First value of a (lower-case) header in an ASGI scope."""
     for k, v in scope.get("headers") or []:
-        if k == b"x-request-id":
-            value = v.decode("latin-1")
-            return value if _REQUEST_ID_OK.match(value) else None
+        if k == name:
+            return v
     return None
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    """The client's ``X-Request-Id`` if it is a safe token, else None (a new one is made)."""
+    raw = _header(scope, b"x-request-id")
+    value = raw.decode("latin-1") if raw is not None else ""
+    return value if _REQUEST_ID_OK.match(value) else None
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -40,7 +40,7 @@ class BatchLimits:
     retry_after_s: int = 1
     # Refuse a request whose estimated wait (queued pairs / measured throughput)
     # exceeds this fraction of its deadline: it would only time out. 0 disables.
-    admission_wait_fraction: float = 0.8
+    admission_wait_fraction: float = 0.5
 
 
 @dataclass(eq=False)

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     max_queue_pairs: int = Field(8192, ge=1, description="queued pairs before 429")
     request_timeout_s: float = Field(5.0, gt=0, description="per-request deadline; 504 past it")
     admission_wait_fraction: float = Field(
-        0.8,
+        0.5,
         ge=0,
         description="refuse (429) a request whose estimated queue wait exceeds this fraction of the "
         "deadline, so accepted requests finish in time under overload; 0 disables",

@@ -163,3 +163,31 @@ def test_write_artifact_replaces_existing(tmp_path: Path) -> None:
 def test_not_an_artifact(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="not a model artifact"):
         verify_artifact(tmp_path)
+
+
+def test_interrupted_export_leaves_no_half_written_artifact(tmp_path: Path, monkeypatch) -> None:
+    """A crash before the final rename leaves the previous artifact whole and no new one."""
+    import relevance_core.manifest as manifest_mod
+
+    art = _artifact(tmp_path)
+    before = verify_artifact(art).version
+    staging = staging_dir_for(art)
+    (staging / "head.safetensors").write_bytes(b"half-trained")
+
+    def crash(*args, **kwargs):
+        raise OSError("No space left on device")  # or a kill: either way, before the rename
+
+    with monkeypatch.context() as m:
+        m.setattr(manifest_mod, "hash_tree", crash)
+        with pytest.raises(OSError):
+            write_artifact(staging, art, Manifest(name="t", kind="adapter"))
+        with pytest.raises(OSError):
+            write_artifact(staging, tmp_path / "fresh", Manifest(name="t", kind="adapter"))
+    assert verify_artifact(art).version == before
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_artifact_is_readable_by_other_users(tmp_path: Path) -> None:
+    art = _artifact(tmp_path)
+    assert art.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in art.rglob("*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -108,7 +109,7 @@ def test_sigterm_drains_in_flight_requests(tiny_artifact: Path, cache_dir: Path)
         "DARL_REQUEST_TIMEOUT_S": "60",
         "DARL_SHUTDOWN_GRACE_S": "60",  # generous: a loaded CI machine must not turn a drain into a 503
     }
-    many = {"query": "q", "items": [{"id": str(i), "title": f"item number {i} " * 20} for i in range(60)]}
+    many = {"query": "q", "items": [{"id": str(i), "title": f"item number {i} " * 20} for i in range(200)]}
     with running_server(env) as (url, proc):
 
         async def burst() -> tuple[float, list[tuple[int, float]]]:
@@ -119,7 +120,13 @@ def test_sigterm_drains_in_flight_requests(tiny_artifact: Path, cache_dir: Path)
                     return r.status_code, time.monotonic()
 
                 tasks = [asyncio.create_task(one()) for _ in range(4)]
-                await asyncio.sleep(0.3)
+                give_up = time.monotonic() + 30
+                while time.monotonic() < give_up:  # SIGTERM only once the server holds queued work
+                    metrics = (await c.get(url + "/metrics")).text
+                    depth = float(re.search(r"^darl_queue_depth_pairs (\S+)", metrics, re.M).group(1))
+                    if depth > 0:
+                        break
+                    await asyncio.sleep(0.01)
                 proc.send_signal(signal.SIGTERM)
                 sent = time.monotonic()
                 return sent, [await t for t in tasks]

@@ -185,6 +185,7 @@ def test_server_names_carry_settings() -> None:
     assert parse_server("vllm-serve@ARGS=--enable-prefix-caching --max-num-seqs 64")[1] == {
         "ARGS": "--enable-prefix-caching --max-num-seqs 64"
     }
+    assert parse_server("fast:darl-torch@DARL_TORCH_THREADS=1") == ("darl-torch", {"DARL_TORCH_THREADS": "1"})
     with pytest.raises(ValueError):
         parse_server("darl-torch@oops")
 
