@@ -58,7 +58,7 @@ bench: base-model  ## engine throughput benchmark (writes benchmarks/results/eng
 	$(PY) benchmarks/engines.py
 
 overload: base-model  ## open-loop load at 3x capacity (writes benchmarks/results/overload.json)
-	$(PY) benchmarks/overload.py
+	$(PY) benchmarks/overload.py --items 20 --factor 3 --seconds 150
 
 clean:  ## remove the venv and caches (not ~/.cache/darl)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

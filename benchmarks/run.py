@@ -91,9 +91,9 @@ class Profile:
     calls_per_n: int = 32
     # A window during which other jobs used more than this share of the cores is measured again
     # (up to `retries` times), after waiting (≤ `alone_wait_s`) until they use less.
-    max_foreign_share: float = 0.15
-    retries: int = 2
-    alone_wait_s: float = 240.0
+    max_foreign_share: float = 0.08
+    retries: int = 3
+    alone_wait_s: float = 600.0
     extra: dict = field(default_factory=dict)
 
 
@@ -286,6 +286,21 @@ def foreign_share(tree_pid: int | None, sample_s: float = 1.0) -> float:
     return max(0.0, (m1 - m0) - (o1 - o0)) / ((t1 - t0) * (os.cpu_count() or 1))
 
 
+async def wait_until_alone_async(tree_pid: int | None, max_share: float, max_wait_s: float) -> float:
+    """``wait_until_alone`` that a cancelled task (Ctrl-C, SIGTERM) leaves at once."""
+    t0 = time.monotonic()
+    said = False
+    while (share := await asyncio.to_thread(foreign_share, tree_pid)) > max_share:
+        if time.monotonic() - t0 >= max_wait_s:
+            print(f"[bench] other jobs still use {share:.0%} of the cores; measuring anyway", file=sys.stderr)
+            break
+        if not said:
+            print(f"[bench] other jobs use {share:.0%} of the cores; waiting", file=sys.stderr, flush=True)
+            said = True
+        await asyncio.sleep(4.0)
+    return time.monotonic() - t0
+
+
 def wait_until_alone(tree_pid: int | None, max_share: float, max_wait_s: float) -> float:
     """Wait (≤ ``max_wait_s``) until other jobs use less than ``max_share`` of the cores; return the seconds waited."""
     t0 = time.monotonic()
@@ -387,7 +402,7 @@ class Driver:
         pid = self.running.proc.pid if self.running.proc else None
         waited = 0.0
         for attempt in range(prof.retries + 1):
-            waited += await asyncio.to_thread(wait_until_alone, pid, prof.max_foreign_share, prof.alone_wait_s)
+            waited += await wait_until_alone_async(pid, prof.max_foreign_share, prof.alone_wait_s)
             d = await self._window(make, n, connections)
             d["attempts"] = attempt + 1
             d["waited_for_quiet_s"] = round(waited, 1)
@@ -561,6 +576,24 @@ def make_profile(args: argparse.Namespace) -> Profile:
     return prof
 
 
+def measure_peak_alone(prof: Profile, attempts: int = 3) -> dict:
+    """The bf16 matmul peak, measured when other jobs leave the cores alone; the best of a few tries."""
+    best: dict | None = None
+    for _ in range(attempts):
+        wait_until_alone(None, prof.max_foreign_share, prof.alone_wait_s)
+        m0, w0, k0 = machine_busy_seconds(), time.perf_counter(), _children_cpu()
+        peak = roofline.measure_peak_subprocess()
+        wall = time.perf_counter() - w0
+        other = machine_busy_seconds() - m0 - (_children_cpu() - k0)
+        peak["foreign_cpu_share"] = round(max(0.0, other) / (wall * (os.cpu_count() or 1)), 3)
+        if best is None or peak["tflops_best"] > best["tflops_best"]:
+            best = peak
+        if peak["foreign_cpu_share"] <= prof.max_foreign_share:
+            break
+    assert best is not None
+    return best
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -602,12 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = sorted({*prof.ns, prof.open_n})
     work = prepare_calls(args.data, args.split, ns, prof.calls_per_n, renderer, tokenizer)
     print("[bench] measuring the bf16 matmul peak", file=sys.stderr, flush=True)
-    wait_until_alone(None, prof.max_foreign_share, prof.alone_wait_s)
-    m0, w0, k0 = machine_busy_seconds(), time.perf_counter(), _children_cpu()
-    peak = roofline.measure_peak_subprocess()
-    wall = time.perf_counter() - w0
-    other = machine_busy_seconds() - m0 - (_children_cpu() - k0)
-    peak["foreign_cpu_share"] = round(max(0.0, other) / (wall * (os.cpu_count() or 1)), 3)
+    peak = measure_peak_alone(prof)
     params = roofline.non_embedding_params(ckpt)
     ctx = {
         "model_dir": model_dir,

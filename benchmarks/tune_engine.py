@@ -39,7 +39,7 @@ from benchmarks.run import (
 )
 from benchmarks.workload import load_catalog, make_calls, read_rows
 
-MAX_FOREIGN_SHARE = 0.15
+MAX_FOREIGN_SHARE = 0.08
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "tuning_engine.json"
 
