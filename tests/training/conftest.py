@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import make_tiny_base
+from tests.tiny import make_tiny_base, tiny_base_ref
 
 WORDS = [
     "drill",
@@ -89,3 +89,31 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_csv_gz(root / "homedepot.csv.gz", synthetic_rows("homedepot", 60, hd_splits, 0))
     write_csv_gz(root / "crowdflower.csv.gz", synthetic_rows("crowdflower", 24, ["pool", "val", "test"], 7))
     return root
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def tiny_train_dict(data_root: Path, base: Path, **over) -> dict:
+    """A training config for tiny models and data; ``over`` is merged into it section by section."""
+    raw = {
+        "name": "tiny",
+        "base_model": tiny_base_ref(base).model_dump(),
+        "max_length": 40,
+        "data": {"root": str(data_root)},
+        "features": {"batch_size": 32, "autocast": "float32"},
+        "dasa": {"budget": 8, "per_query_cap": 2, "knn_k": 3},
+        "finetune": {
+            "max_train_pairs": 48,
+            "batch_size": 8,
+            "grad_accum": 1,
+            "autocast": "float32",
+            "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
+        },
+        "interpolate": {"grid": [0.0, 1.0]},
+    }
+    return _merge(raw, over)

@@ -9,28 +9,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tiny import make_tiny_artifact, tiny_base_ref
+from tests.tiny import make_tiny_artifact
+from tests.training.conftest import tiny_train_dict
 
 
 def _config(tmp: Path, data_root: Path, base: Path) -> Path:
-    cfg = {
-        "name": "tiny-cli",
-        "base_model": tiny_base_ref(base).model_dump(),
-        "max_length": 40,
-        "run_dir": str(tmp / "run"),
-        "output_dir": str(tmp / "artifact"),
-        "data": {"root": str(data_root)},
-        "features": {"batch_size": 32, "autocast": "float32"},
-        "dasa": {"budget": 10, "per_query_cap": 2, "knn_k": 3, "label_source": "import"},
-        "finetune": {
-            "max_train_pairs": 32,
-            "batch_size": 8,
-            "grad_accum": 1,
-            "autocast": "float32",
-            "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
-        },
-        "interpolate": {"grid": [0.0, 1.0]},
-    }
+    cfg = tiny_train_dict(
+        data_root,
+        base,
+        name="tiny-cli",
+        run_dir=str(tmp / "run"),
+        output_dir=str(tmp / "artifact"),
+        dasa={"budget": 10, "label_source": "import"},
+        finetune={"max_train_pairs": 32},
+    )
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

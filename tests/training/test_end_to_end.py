@@ -9,37 +9,34 @@ import numpy as np
 import pytest
 
 from relevance_core.manifest import read_manifest
-from tests.tiny import tiny_base_ref
+from tests.training.conftest import tiny_train_dict
 
 
 def tiny_config(tmp: Path, data_root: Path, base: Path, **over):
     from training.config import TrainConfig
 
-    raw = {
-        "name": "tiny-darl",
-        "seed": 3,
-        "threads": 2,
-        "base_model": tiny_base_ref(base).model_dump(),
-        "max_length": 48,
-        "run_dir": str(tmp / "run"),
-        "output_dir": str(tmp / "artifact"),
-        "data": {"root": str(data_root)},
-        "features": {"batch_size": 32, "autocast": "float32"},
-        "dasa": {"budget": 12, "per_query_cap": 2, "knn_k": 3},
-        "finetune": {
+    raw = tiny_train_dict(
+        data_root,
+        base,
+        name="tiny-darl",
+        seed=3,
+        threads=2,
+        max_length=48,
+        run_dir=str(tmp / "run"),
+        output_dir=str(tmp / "artifact"),
+        dasa={"budget": 12},
+        finetune={
             "max_train_pairs": 96,
-            "batch_size": 8,
             "grad_accum": 2,
             "lr": 5e-3,
             "head_lr": 5e-3,
-            "autocast": "float32",
             "checkpoint_every": 2,
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
         },
-        "interpolate": {"grid": [0.0, 0.5, 1.0]},
-        "eval": {"batch_size": 32},
-        "root_dir": str(tmp),
-    }
+        interpolate={"grid": [0.0, 0.5, 1.0]},
+        eval={"batch_size": 32},
+        root_dir=str(tmp),
+    )
     for k, v in over.items():
         raw[k] = v
     return TrainConfig.model_validate(raw)

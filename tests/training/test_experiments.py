@@ -7,29 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tiny import tiny_base_ref
+from tests.training.conftest import tiny_train_dict
 
 
 @pytest.mark.slow
 def test_experiment_table(tmp_path: Path, data_root: Path, tiny_base_dir: Path) -> None:
     from training.experiments import run_experiments
 
-    base = {
-        "name": "tiny",
-        "base_model": tiny_base_ref(tiny_base_dir).model_dump(),
-        "max_length": 40,
-        "data": {"root": str(data_root)},
-        "features": {"batch_size": 32, "autocast": "float32"},
-        "dasa": {"budget": 8, "per_query_cap": 2, "knn_k": 3},
-        "finetune": {
-            "max_train_pairs": 48,
-            "batch_size": 8,
-            "grad_accum": 1,
-            "autocast": "float32",
-            "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
-        },
-        "interpolate": {"grid": [0.0, 1.0]},
-    }
+    base = tiny_train_dict(data_root, tiny_base_dir)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     spec = {
         "base_config": str(tmp_path / "base.yaml"),
