@@ -89,6 +89,7 @@ class Profile:
     servers: str
     budget_minutes: float
     calls_per_n: int = 32
+    open_max_seconds: float = 30.0  # arrivals of one open-loop window stop after this
     # A window during which other jobs used more than this share of the cores is measured again
     # (up to `retries` times), after waiting (≤ `alone_wait_s`) until they use less.
     max_foreign_share: float = 0.08
@@ -101,13 +102,13 @@ PROFILES = {
     "full": Profile(
         ns=[10, 50, 200],
         concurrencies=[1, 4, 16],
-        max_inflight_pairs=1000,
+        max_inflight_pairs=400,
         open_n=100,
         open_fractions=[0.5, 0.8],
-        open_requests=15,
+        open_requests=12,
         reps=3,
-        pairs_target=600,
-        max_seconds=6.0,
+        pairs_target=300,
+        max_seconds=5.0,
         servers=ALL_SERVERS,
         budget_minutes=60,
     ),
@@ -422,7 +423,7 @@ class Driver:
         )
 
     async def open(self, n: int, rate: float, count: int, prof: Profile, seed: int) -> dict:
-        horizon = max(prof.max_seconds * 3, count / rate * 1.5)
+        horizon = max(prof.max_seconds * 3, min(count / rate * 1.5, prof.open_max_seconds))
         return await self._guarded(
             lambda send, a, e: loadgen.open_loop(send, self.bodies[n], n, rate, count, horizon, seed, 120.0, a, e),
             n,
@@ -533,9 +534,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pairs-target", type=int, help="measured pairs per closed-loop window")
     ap.add_argument("--max-seconds", type=float, help="time bound of one window")
     ap.add_argument("--budget-minutes", type=float, help="stop starting repetitions after this")
-    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
-    ap.add_argument("--md", type=Path, default=DEFAULT_MD)
-    ap.add_argument("--png", type=Path, default=DEFAULT_PNG)
+    ap.add_argument("--json", type=Path, help=f"raw windows (default {DEFAULT_JSON.relative_to(REPO)})")
+    ap.add_argument("--md", type=Path, help=f"report (default {DEFAULT_MD.relative_to(REPO)})")
+    ap.add_argument("--png", type=Path, help=f"plot (default {DEFAULT_PNG.relative_to(REPO)})")
     ap.add_argument("--tuning-json", type=Path, default=DEFAULT_JSON.with_name("tuning.json"))
     ap.add_argument("--engine-tuning-json", type=Path, default=DEFAULT_JSON.with_name("tuning_engine.json"))
     ap.add_argument("--tuning", action="store_true", help="write to --tuning-json (a tuning study), not --json")
@@ -548,7 +549,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--wait-quiet", type=float, default=0.0, help="minutes to wait for no training and a low load")
     ap.add_argument("--max-load", type=float, default=1.0)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    # --quick never overwrites the full run's report: it writes next to its JSON
+    quick_dir = DEFAULT_JSON.parent / "quick"
+    args.json = args.json or (quick_dir / "serving.json" if args.quick else DEFAULT_JSON)
+    args.md = args.md or (quick_dir / "benchmarks.md" if args.quick else DEFAULT_MD)
+    args.png = args.png or (quick_dir / "benchmarks.png" if args.quick else DEFAULT_PNG)
+    return args
 
 
 def make_profile(args: argparse.Namespace) -> Profile:

@@ -332,3 +332,11 @@ def test_darl_variants_with_engine_overrides_start_through_the_wrapper(tmp_path:
     tuned = servers.darl_spec("d", tmp_path, "torch", "bfloat16", 1, None, {"DARL_BENCH_PREFIX_REUSE": "1"})
     assert plain.argv[-1] == "serve" and plain.env["DARL_TORCH_THREADS"] == "1"
     assert tuned.argv[-2:] == ["-m", "benchmarks.darl_serve"] and tuned.env["DARL_BENCH_PREFIX_REUSE"] == "1"
+
+
+def test_quick_runs_never_overwrite_the_full_report() -> None:
+    from benchmarks.run import DEFAULT_JSON, DEFAULT_MD, parse_args
+
+    full, quick = parse_args([]), parse_args(["--quick"])
+    assert (full.json, full.md) == (DEFAULT_JSON, DEFAULT_MD)
+    assert quick.md != DEFAULT_MD and quick.json != DEFAULT_JSON and quick.md.parent == quick.json.parent
