@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ class FakeEngine(Engine):
         self.delay = delay
         self.batches: list[list[tuple[int, ...]]] = []
         self.gate: asyncio.Event | None = None
+        self.thread_gate: threading.Event | None = None  # for servers running in another thread
         self.fail_next: Exception | None = None
         self.started = False
         self.dead = False
@@ -43,6 +45,8 @@ class FakeEngine(Engine):
         self.batches.append([tuple(x) for x in batch])
         if self.gate is not None:
             await self.gate.wait()
+        if self.thread_gate is not None:
+            await asyncio.to_thread(self.thread_gate.wait, 30)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_next is not None:

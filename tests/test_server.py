@@ -77,26 +77,34 @@ def raw_post(port: int, body: bytes) -> socket.socket:
 
 
 def test_client_disconnect_frees_queued_work(tiny_artifact: Path, cache_dir: Path) -> None:
-    engine = FakeEngine(delay=0.6)
+    engine = FakeEngine()
     settings = Settings(model_dir=tiny_artifact, cache_dir=cache_dir, max_batch_pairs=1, request_timeout_s=10)
     app = create_app(settings, engine_factory=lambda s, a: engine)
     with InProcessServer(app) as url:
         import json
 
         warm = len(engine.scored_pairs)
+        engine.thread_gate = threading.Event()  # the engine holds the next batch until released
         busy = threading.Thread(target=lambda: httpx.post(url + "/v1/score", json=BODY, timeout=10))
         busy.start()
-        time.sleep(0.2)  # the engine is now busy with that pair for 0.6 s
+        deadline = time.monotonic() + 10
+        while len(engine.scored_pairs) == warm:  # the busy request's pair is in the engine
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         many = {"query": "q", "items": [{"id": str(i), "title": f"item {i}"} for i in range(5)]}
         sock = raw_post(int(url.rsplit(":", 1)[1]), json.dumps(many).encode())
-        time.sleep(0.2)
+        while 'darl_queue_depth_pairs 5.0' not in httpx.get(url + "/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         sock.close()  # the client goes away while its 5 pairs wait in the queue
+        while 'darl_failures_total{type="client_disconnected"} 1.0' not in httpx.get(url + "/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        engine.thread_gate.set()
         busy.join()
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert len(engine.scored_pairs) - warm == 1, "pairs of a disconnected client were computed"
-        metrics = httpx.get(url + "/metrics").text
-        assert 'darl_failures_total{type="client_disconnected"} 1.0' in metrics
-        assert "darl_dropped_pairs_total 5.0" in metrics
+        assert "darl_dropped_pairs_total 5.0" in httpx.get(url + "/metrics").text
 
 
 def test_sigterm_drains_in_flight_requests(tiny_artifact: Path, cache_dir: Path) -> None:
