@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/darl-smollm2.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help install base-model artifact experiments serve test test-fast lint format bench overload clean
+.PHONY: help install base-model artifact experiments serve test test-fast lint format bench bench-engines overload clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,7 +54,20 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: base-model  ## engine throughput benchmark (writes benchmarks/results/engines.json)
+INFINITY_VENV ?= $(HOME)/.cache/darl/venv-infinity
+BENCH_ARGS ?=
+
+$(INFINITY_VENV)/bin/infinity_emb: constraints-cpu.txt
+	# Infinity pins transformers<=5 and numpy<2: its own venv, same CPU torch
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install -q --disable-pip-version-check -c constraints-cpu.txt "torch==2.13.0"
+	$(INFINITY_VENV)/bin/pip install -q --disable-pip-version-check -c constraints-cpu.txt \
+	  "infinity-emb[torch,server]==0.0.78" "transformers==4.57.6" "numpy<2"
+
+bench: base-model $(INFINITY_VENV)/bin/infinity_emb  ## all servers side by side -> docs/benchmarks.md (~1 h)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+bench-engines: base-model  ## engines alone, in-process (writes benchmarks/results/engines.json)
 	$(PY) benchmarks/engines.py
 
 overload: base-model  ## open-loop load at 3x capacity (writes benchmarks/results/overload.json)

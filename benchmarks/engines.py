@@ -35,7 +35,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `darl serve` sets it (
 ENGINE_CONFIGS = {
     "torch-bf16": ("torch", "bfloat16", {}),
     "torch-fp32": ("torch", "float32", {}),
-    "vllm-bf16": ("vllm", "bfloat16", {}),
+    "vllm-bf16": ("vllm", "bfloat16", {}),  # model threads on every core (the default)
+    "vllm-bf16-autobind": ("vllm", "bfloat16", {"vllm_cpu_threads_bind": "auto"}),  # vLLM's own: 1 core kept
     "vllm-fp32-eager": ("vllm", "float32", {"vllm_enforce_eager": True}),
 }
 
@@ -101,7 +102,7 @@ async def main() -> None:
     ap.add_argument("--pairs", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--engines", default="torch-bf16,torch-fp32,vllm-bf16")
+    ap.add_argument("--engines", default="torch-bf16,torch-fp32,vllm-bf16,vllm-bf16-autobind")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "engines.json")
     args = ap.parse_args()
 

@@ -139,7 +139,13 @@ def setup_section(run: dict) -> list[str]:
         run["workload"],
     )
     lines = [
-        f"- **Date:** {run['date']}; **command:** `{run['command']}`; wall time {run.get('elapsed_min', '?')} min.",
+        f"- **Date:** {run['date']}; **command:** `{run['command']}`; wall time {run.get('elapsed_min', '?')} min."
+        + (
+            f" Resumed: {', '.join(run['resumed']['servers'])} measured by `{run['resumed']['command']}` "
+            f"({run['resumed']['from']}) and kept."
+            if run.get("resumed")
+            else ""
+        ),
         f"- **Machine:** {m['cpu']}, {m['cores']} cores ({m['flags']}), {m['mem_gib']} GiB, {m['os']}, no GPU. "
         f"1-min load average {f2(run.get('load_at_start'))} at start, {f2(run.get('load_at_end'))} at end"
         + (f"; **busy at start: {run['busy_at_start']}**" if run.get("busy_at_start") else "")
@@ -152,7 +158,12 @@ def setup_section(run: dict) -> list[str]:
         f"best {peak['tflops_best']:.3f} TFLOP/s (median {peak['tflops_median']:.3f}) over {peak['iters']} runs"
         + (f", other jobs' CPU {pct(peak['foreign_cpu_share'])} meanwhile" if "foreign_cpu_share" in peak else "")
         + ". "
-        "A pair costs 2 × non-embedding parameters × its tokens FLOPs; "
+        + (
+            f" The resumed part's own measurement: best {run['roofline_previous']['tflops_best']:.3f} TFLOP/s. "
+            if run.get("roofline_previous")
+            else ""
+        )
+        + "A pair costs 2 × non-embedding parameters × its tokens FLOPs; "
         "% roofline = pairs/s × that ÷ the best matmul rate.",
         f"- **Workload:** `{Path(wl['data']).name}`, split `{wl['split']}` ({wl['catalog']['queries']:,} queries, "
         f"{wl['catalog']['items']:,} items). A call is 1 query × N items: the query's own judged items first, "
@@ -171,11 +182,30 @@ def setup_section(run: dict) -> list[str]:
         f"- **Load:** closed loop at concurrencies {prof['concurrencies']} (cells with more than "
         f"{prof['max_inflight_pairs']} pairs in flight skipped: one round would not fit the time bound); "
         f"each window measures ≥ {prof['pairs_target']} pairs after one warm-up round, at most "
-        f"{prof['max_seconds']:g} s. Open loop: {prof['open_requests']} Poisson arrivals of N = {prof['open_n']} "
-        f"calls at {', '.join(f'{x:.0%}' for x in prof['open_fractions'])} of the capacity the same server showed "
-        "in that repetition (its best closed-loop pairs/s at that N). "
-        f"{prof['reps']} repetitions; every figure is the median over them.",
+        f"{prof['max_seconds']:g} s. "
+        + (
+            f"Open loop: {prof['open_requests']} Poisson arrivals of N = {prof['open_n']} calls (arrivals stop "
+            f"after {prof.get('open_max_seconds', 30):g} s) at {', '.join(f'{x:.0%}' for x in prof['open_fractions'])} "
+            "of the capacity the same server showed in that repetition (its best closed-loop pairs/s at that N). "
+            if prof["open_fractions"]
+            else "Open loop: not run by this command. "
+        )
+        + f"{prof['reps']} repetitions; every figure is the median over the repetitions a cell got "
+        "(the per-run column lists them).",
     ]
+    if run.get("resumed"):
+        prev = run.get("profile_previous") or {}
+        lines.append(
+            f"- **Resumed run:** {', '.join(run['resumed']['servers'])} come from `{run['resumed']['command']}` "
+            f"({run['resumed']['from']})"
+            + (
+                f", whose open loop ran {prev['open_requests']} arrivals at "
+                f"{', '.join(f'{x:.0%}' for x in prev['open_fractions'])} of capacity at N = {prev['open_n']}"
+                if prev.get("open_fractions")
+                else ""
+            )
+            + "; the other servers were measured by the command above with the same workload and cells."
+        )
     return lines
 
 
@@ -190,6 +220,8 @@ def servers_section(run: dict) -> list[str]:
             status = f"failed: {s['error']}"
         if s.get("note"):
             status += f" ({s['note']})"
+        if s.get("partial"):
+            status += " (stopped before all its repetitions: partial)"
         lines.append(f"| {s['name']} | {s['label']} | {settings} | {f1(s.get('start_s'))} | {status} |")
     agree = agreement(run)
     if agree:
@@ -330,6 +362,14 @@ def targets_section(run: dict, rows: list[dict]) -> list[str]:
         )
     if not lat:
         lines.append(f"3. **p99 at 50 % load:** no open-loop measurement of this service at N = {n}.")
+    from benchmarks.queueing import md1_sojourn_quantiles
+
+    q = md1_sojourn_quantiles(0.5, 200_000)
+    lines.append(
+        f"   Yardstick (`python benchmarks/queueing.py`): equal calls with Poisson arrivals at 50 % load on one "
+        f"FIFO server that runs each call in a fixed time D (M/D/1) have p50 {q['p50']:g} D and p99 {q['p99']:g} D, "
+        "so queueing alone puts p99 above 2× unloaded unless calls get cheaper under load (batching)."
+    )
     return lines
 
 

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -70,7 +71,11 @@ def infinity_versions(infinity_bin: Path) -> str | None:
     return f"{inf} (own venv: transformers {tf}, torch {torch})"
 
 
-ALL_SERVERS = "darl-torch,darl-vllm,vllm-serve,infinity,naive"
+# `vllm serve` twice: as shipped (vLLM's `auto` binding keeps one core for its scheduler) and with its model
+# threads on every core, the setting this service's vLLM engine uses (DARL_VLLM_CPU_THREADS_BIND=all).
+ALL_SERVERS = (
+    "darl-vllm,darl-torch,vllm-serve,vllm-serve-allcores:vllm-serve@VLLM_CPU_OMP_THREADS_BIND=all,infinity,naive"
+)
 
 
 @dataclass
@@ -158,6 +163,10 @@ def build_spec(name: str, ctx: dict) -> servers.ServerSpec:
         spec = servers.darl_spec(name, ctx["model_dir"], "vllm", "bfloat16", port, ctx["cache_dir"], extra)
         spec.ready_timeout = 420.0
     elif base == "vllm-serve":
+        if extra.get("VLLM_CPU_OMP_THREADS_BIND") == "all":  # this machine's cores, as the service resolves `all`
+            from service.engine_vllm import cpu_threads_bind
+
+            extra["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind("all")
         spec = servers.vllm_serve_spec(name, ctx["ckpt"], ctx["max_length"], port, args, extra)
     elif base == "naive":
         spec = servers.naive_spec(name, ctx["ckpt"], ctx["max_length"], port, extra)
@@ -452,7 +461,15 @@ def closed_cells(prof: Profile, ns: list[int]) -> list[tuple[int, int]]:
     return cells
 
 
-async def bench_server(spec: servers.ServerSpec, work: dict, prof: Profile, logdir: Path, deadline: float) -> dict:
+async def bench_server(
+    spec: servers.ServerSpec,
+    work: dict,
+    prof: Profile,
+    logdir: Path,
+    deadline: float,
+    save: Callable[[dict], None] | None = None,
+) -> dict:
+    """Start ``spec``, measure every cell ``prof.reps`` times, stop it; ``save(result)`` after every window."""
     result: dict = {"name": spec.name, "kind": spec.kind, "label": spec.label, "ours": spec.ours}
     result["settings"] = spec.settings
     if spec.unavailable:
@@ -485,6 +502,8 @@ async def bench_server(spec: servers.ServerSpec, work: dict, prof: Profile, logd
                 d = await driver.closed(n, c, prof)
                 d["rep"] = rep
                 rep_windows.append(d)
+                if save:
+                    save({**result, "windows": windows + rep_windows, "partial": True})
                 print(
                     f"[bench] {spec.name} rep{rep} closed N={n} c={c}: {d['pairs_per_s']:.1f} pairs/s "
                     f"p50={_ms(d['p50'])} p99={_ms(d['p99'])} err={d['errors']}",
@@ -497,6 +516,8 @@ async def bench_server(spec: servers.ServerSpec, work: dict, prof: Profile, logd
                 d = await driver.open(prof.open_n, rate, prof.open_requests, prof, seed=rep * 100 + int(frac * 100))
                 d.update(rep=rep, fraction=frac, capacity_pairs_per_s=cap)
                 rep_windows.append(d)
+                if save:
+                    save({**result, "windows": windows + rep_windows, "partial": True})
                 print(
                     f"[bench] {spec.name} rep{rep} open N={prof.open_n} {frac:.0%} of {cap:.0f} pairs/s: "
                     f"p50={_ms(d['p50'])} p99={_ms(d['p99'])} err={d['errors']}",
@@ -533,6 +554,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--open-fractions", help="open-loop loads as fractions of capacity, e.g. 0.5,0.8; 'none' skips")
     ap.add_argument("--pairs-target", type=int, help="measured pairs per closed-loop window")
     ap.add_argument("--max-seconds", type=float, help="time bound of one window")
+    ap.add_argument("--alone-wait", type=float, help="seconds to wait for other jobs to leave the cores (per window)")
     ap.add_argument("--budget-minutes", type=float, help="stop starting repetitions after this")
     ap.add_argument("--json", type=Path, help=f"raw windows (default {DEFAULT_JSON.relative_to(REPO)})")
     ap.add_argument("--md", type=Path, help=f"report (default {DEFAULT_MD.relative_to(REPO)})")
@@ -541,6 +563,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--engine-tuning-json", type=Path, default=DEFAULT_JSON.with_name("tuning_engine.json"))
     ap.add_argument("--tuning", action="store_true", help="write to --tuning-json (a tuning study), not --json")
     ap.add_argument("--report-only", action="store_true", help="only re-render the doc and plot from the JSON")
+    ap.add_argument(
+        "--resume", action="store_true", help="keep the servers already measured in the JSON; run only the others"
+    )
     ap.add_argument(
         "--infinity-bin",
         type=Path,
@@ -578,6 +603,8 @@ def make_profile(args: argparse.Namespace) -> Profile:
         prof.pairs_target = args.pairs_target
     if args.max_seconds:
         prof.max_seconds = args.max_seconds
+    if args.alone_wait is not None:
+        prof.alone_wait_s = args.alone_wait
     if args.budget_minutes:
         prof.budget_minutes = args.budget_minutes
     return prof
@@ -683,10 +710,31 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t_start + prof.budget_minutes * 60
     logdir = args.json.parent / "logs"
     out_json = args.tuning_json if args.tuning else args.json
+    done: set[str] = set()
+    if args.resume and out_json.is_file():
+        previous = json.loads(out_json.read_text())
+        reps = previous["profile"]["reps"]
+
+        def complete(s: dict) -> bool:  # all repetitions measured (a budget-cut server runs again)
+            return bool(s.get("unavailable")) or len({w["rep"] for w in s.get("windows", [])}) >= reps
+
+        run["servers"] = [s for s in previous["servers"] if complete(s)]
+        done = {s["name"] for s in run["servers"]}
+        run["resumed"] = {"from": previous["date"], "command": previous["command"], "servers": sorted(done)}
+        run["roofline_previous"] = previous.get("roofline")
+        run["profile_previous"] = previous.get("profile")
     for name in [s.strip() for s in prof.servers.split(",") if s.strip()]:
         spec = build_spec(name, ctx)
+        if spec.name in done:
+            print(f"[bench] == {spec.name}: kept from the previous run", file=sys.stderr, flush=True)
+            continue
         print(f"[bench] == {name}: {spec.label}", file=sys.stderr, flush=True)
-        res = asyncio.run(bench_server(spec, work, prof, logdir, deadline))
+
+        def save(partial: dict, _run: dict = run) -> None:  # a crash or Ctrl-C keeps the windows measured so far
+            _run["elapsed_min"] = round((time.monotonic() - t_start) / 60, 1)
+            out_json.write_text(json.dumps({**_run, "servers": [*_run["servers"], partial]}, indent=1) + "\n")
+
+        res = asyncio.run(bench_server(spec, work, prof, logdir, deadline, save))
         run["servers"].append(res)
         run["elapsed_min"] = round((time.monotonic() - t_start) / 60, 1)
         out_json.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -26,6 +27,32 @@ from service.errors import EngineError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def cgroup_cpu_limit(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """Whole cores of the cgroup v2 CPU quota (a Kubernetes CPU limit), or None if unlimited/unknown."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def cpu_threads_bind(setting: str, cpu_limit: int | None = None) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for ``setting``.
+
+    vLLM's ``auto`` keeps one core per rank for its scheduler process, which on a 2-core
+    host halves the cores doing matmuls; that scheduler mostly waits on the model, so
+    ``all`` binds the model's threads to every core this process may use — no more than
+    the CPU quota allows, since a pod limited to 2 CPUs still sees all of the node's cores.
+    """
+    if setting != "all":
+        return setting
+    cores = sorted(os.sched_getaffinity(0))
+    limit = cpu_limit if cpu_limit is not None else cgroup_cpu_limit()
+    return ",".join(str(c) for c in cores[: limit or len(cores)])
 
 
 class VLLMEngine(Engine):
@@ -49,6 +76,7 @@ class VLLMEngine(Engine):
         if self.device == "cpu":
             # vLLM-CPU otherwise sizes its KV cache from a default that can exceed small hosts.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(self.settings.vllm_cpu_threads_bind)
         args = AsyncEngineArgs(
             model=str(self.checkpoint_dir),
             runner="pooling",

@@ -52,6 +52,30 @@ def test_length_chunks_respect_the_padded_token_budget() -> None:
         assert len(c) == 1 or len(c) * max(len(batch[i]) for i in c) <= 64
 
 
+def test_vllm_cpu_threads_bind_defaults_to_every_usable_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.engine_vllm import cpu_threads_bind
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3, 0, 2})
+    assert Settings().vllm_cpu_threads_bind == "all"
+    assert cpu_threads_bind("all", cpu_limit=None) in ("0,2,3", "0", "0,2")  # this host's quota, if any
+    monkeypatch.setattr("service.engine_vllm.cgroup_cpu_limit", lambda: None)
+    assert cpu_threads_bind("all") == "0,2,3"
+    assert cpu_threads_bind("all", cpu_limit=2) == "0,2"  # a pod's CPU limit caps the threads
+    assert cpu_threads_bind("auto") == "auto"  # vLLM's own choice, passed through
+    assert cpu_threads_bind("0-1") == "0-1"
+
+
+def test_cgroup_cpu_limit_reads_the_quota(tmp_path: Path) -> None:
+    from service.engine_vllm import cgroup_cpu_limit
+
+    f = tmp_path / "cpu.max"
+    f.write_text("max 100000\n")
+    assert cgroup_cpu_limit(f) is None
+    f.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(f) == 2
+    assert cgroup_cpu_limit(tmp_path / "missing") is None
+
+
 def test_auto_engine_follows_the_installed_packages() -> None:
     assert resolve_engine("auto") == ("vllm" if vllm_installed() else "torch")
     assert resolve_engine("vllm") == "vllm" and resolve_engine("torch") == "torch"

@@ -340,3 +340,14 @@ def test_quick_runs_never_overwrite_the_full_report() -> None:
     full, quick = parse_args([]), parse_args(["--quick"])
     assert (full.json, full.md) == (DEFAULT_JSON, DEFAULT_MD)
     assert quick.md != DEFAULT_MD and quick.json != DEFAULT_JSON and quick.md.parent == quick.json.parent
+
+
+def test_md1_simulation_matches_the_pollaczek_khinchine_mean() -> None:
+    from benchmarks.queueing import md1_sojourn_quantiles, md1_sojourn_times
+
+    for rho in (0.3, 0.5, 0.8):
+        soj = md1_sojourn_times(rho, 200_000)
+        expected = 1 + rho / (2 * (1 - rho))  # mean time in system of M/D/1, service time 1
+        assert abs(sum(soj) / len(soj) - expected) / expected < 0.03
+    q = md1_sojourn_quantiles(0.5, 100_000)
+    assert q["p50"] <= q["p90"] <= q["p99"] and q["p50"] >= 1.0
