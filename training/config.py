@@ -108,6 +108,9 @@ class InterpolateConfig(_Strict):
     objective: Literal["macro_f1_mean", "macro_f1_id", "macro_f1_ood", "accuracy_mean", "neg_ece_mean"] = (
         "macro_f1_mean"
     )
+    # After the coefficient: fit one temperature on ID+OOD val (NLL) and fold it into the head
+    # (Guo et al. 2017). It leaves every prediction (argmax) as it was and only rescales confidence.
+    temperature: bool = False
 
 
 class EvalConfig(_Strict):

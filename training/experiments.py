@@ -9,8 +9,10 @@ written into the table that a run did not measure.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +27,43 @@ def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+# Config fields added after runs were recorded, with their defaults: left out of the hash while at
+# the default, so that adding a switch does not invalidate runs made before it existed.
+ADDED_FIELDS: dict[tuple[str, str], Any] = {("interpolate", "temperature"): False}
+
+
+def config_sha(overrides: dict[str, Any], cfg: Any) -> str:
+    """What a finished run is reused for: its resolved config and its kind (baseline or DaRL)."""
+    dump = cfg.for_manifest()
+    for (section, key), default in ADDED_FIELDS.items():
+        if dump.get(section, {}).get(key, default) == default:
+            dump.get(section, {}).pop(key, None)
+    blob = json.dumps({"kind": overrides.get("kind", "darl"), "config": dump}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def run_variant(base_config: Path, name: str, seed: int, overrides: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
-    """One training run (or baseline) → its summary, cached in ``<runs_dir>/<name>-s<seed>/summary.json``."""
+    """One training run (or baseline) → its summary, cached in ``<runs_dir>/<name>-s<seed>/summary.json``.
+
+    A finished run is reused only if it was made with the same resolved config; after a change to the
+    base config or the variant's overrides it runs again (the old directory is kept as ``*.stale-<sha>``).
+    """
     run_dir = runs_dir / f"{name}-s{seed}"
     done = run_dir / "summary.json"
-    if done.is_file():
-        log.info("experiment %s seed %d: reusing %s", name, seed, done)
-        return json.loads(done.read_text())
     over = deep_update(overrides, {"seed": seed, "run_dir": str(run_dir), "name": f"exp-{name}"})
     kind = over.pop("kind", "darl")
     cfg = load_config(base_config, over)
+    sha = config_sha({"kind": kind}, cfg)
+    if done.is_file():
+        old = json.loads(done.read_text())
+        if old.get("config_sha") == sha:
+            log.info("experiment %s seed %d: reusing %s", name, seed, done)
+            return old
+        stale = run_dir.with_name(f"{run_dir.name}.stale-{old.get('config_sha', 'unknown')}")
+        log.warning("experiment %s seed %d: config changed (%s → %s); running again, old run kept in %s",
+                    name, seed, old.get("config_sha"), sha, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+        run_dir.rename(stale)
     if kind == "cross_encoder":
         from training.baseline import run_cross_encoder
 
@@ -44,7 +73,10 @@ def run_variant(base_config: Path, name: str, seed: int, overrides: dict[str, An
 
         summary = run(cfg, export=False)
         summary.pop("_context", None)
-    return json.loads(done.read_text()) if done.is_file() else summary
+    summary = json.loads(done.read_text()) if done.is_file() else summary
+    summary["config_sha"] = sha
+    done.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
 
 
 def artifact_section(artifact_dir: Path) -> list[str]:
@@ -98,8 +130,46 @@ METHOD_NOTES = """\
 """
 
 
+def _mean(rows: list[dict[str, Any]], variant: str, split: str, metric: str) -> float | None:
+    vals = [r["summary"][split][metric] for r in rows
+            if r["variant"] == variant and (r["summary"].get(split) or {}).get(metric) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def targets_section(rows: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
+    """The issue's targets, each computed from the table's rows (means over seeds) and marked met or not."""
+    sft, darl, base = names.get("sft", "sft"), names.get("darl", "full-darl"), names.get("baseline")
+    m = {(v, sp, k): _mean(rows, v, sp, k) for v in (sft, darl, base) if v
+         for sp in ("id", "ood") for k in ("macro_f1", "ece")}
+    checks: list[tuple[str, float | None, str, bool | None]] = []
+
+    def add(what: str, value: float | None, target: str, ok: Any) -> None:
+        checks.append((what, value, target, None if value is None else bool(ok(value))))
+
+    d_ood = None if None in (m[(darl, "ood", "macro_f1")], m[(sft, "ood", "macro_f1")]) else (
+        m[(darl, "ood", "macro_f1")] - m[(sft, "ood", "macro_f1")])
+    d_id = None if None in (m[(darl, "id", "macro_f1")], m[(sft, "id", "macro_f1")]) else (
+        m[(darl, "id", "macro_f1")] - m[(sft, "id", "macro_f1")])
+    add(f"OOD macro-F1, {darl} − {sft} (points)", None if d_ood is None else 100 * d_ood, "≥ +5", lambda v: v >= 5)
+    add(f"ID macro-F1, {darl} − {sft} (points)", None if d_id is None else 100 * d_id, "≥ −0.5", lambda v: v >= -0.5)
+    add(f"ID ECE, {darl}", m[(darl, "id", "ece")], "≤ 0.05", lambda v: v <= 0.05)
+    add(f"OOD ECE, {darl}", m[(darl, "ood", "ece")], "≤ 0.08", lambda v: v <= 0.08)
+    if base:
+        for sp in ("id", "ood"):
+            a, b = m[(darl, sp, "macro_f1")], m[(base, sp, "macro_f1")]
+            add(f"{sp.upper()} macro-F1, {darl} − {base} (points)", None if None in (a, b) else 100 * (a - b),
+                "> 0", lambda v: v > 0)
+    lines = ["### Targets", "", "Means over each variant's seeds, from the rows above.", "",
+             "| target | measured | wanted | met |", "|---|---|---|---|"]
+    for what, value, target, ok in checks:
+        shown = "–" if value is None else f"{value:+.1f}" if "points" in what else f"{value:.3f}"
+        lines.append(f"| {what} | {shown} | {target} | {'–' if ok is None else 'yes' if ok else 'no'} |")
+    return [*lines, ""]
+
+
 def results_markdown(rows: list[dict[str, Any]], spec_path: Path, artifact_dir: Path | None = None,
-                     pending: list[str] | None = None) -> str:
+                     pending: list[str] | None = None, target_names: dict[str, str] | None = None,
+                     notes: str | None = None) -> str:
     lines = ["# Results", ""]
     if artifact_dir is not None and (artifact_dir / "manifest.json").is_file():
         lines += artifact_section(artifact_dir)
@@ -126,7 +196,10 @@ def results_markdown(rows: list[dict[str, Any]], spec_path: Path, artifact_dir: 
         )
     if pending:
         lines += ["", "Not run yet (no summary): " + ", ".join(f"`{p}`" for p in pending) + "."]
-    lines += ["", "Variant definitions (overrides of the base config):", ""]
+    lines += ["", *targets_section(rows, target_names or {})]
+    if notes:
+        lines += ["### Findings", "", notes.strip(), ""]
+    lines += ["Variant definitions (overrides of the base config):", ""]
     seen: set[str] = set()
     for r in rows:
         if r["variant"] not in seen:
@@ -153,6 +226,8 @@ def run_experiments(spec_path: Path, out: Path, only: list[str] | None = None,
     common = deep_update(spec.get("common") or {}, overrides or {})
     out = Path(out) if Path(out).is_absolute() else root / out
     artifact = root / spec["artifact"] if spec.get("artifact") else None
+    # Hand-written reading of the table (it adds no numbers of its own), kept next to the spec.
+    notes = (root / spec["notes"]).read_text() if spec.get("notes") and (root / spec["notes"]).is_file() else None
     all_runs = [f"{v['name']}-s{s}" for v in spec["variants"] for s in v.get("seeds", [spec.get("seed", 13)])]
     rows = []
     for v in spec["variants"]:
@@ -167,14 +242,16 @@ def run_experiments(spec_path: Path, out: Path, only: list[str] | None = None,
             log.info("experiment %s seed %d", v["name"], seed)
             summary = run_variant(base, v["name"], seed, over, runs_dir)
             rows.append({"variant": v["name"], "seed": seed, "summary": summary, "overrides": v.get("set") or {}})
-            _write(out, rows, spec_path, artifact, all_runs)  # after every run: a partial table survives a stop
-    _write(out, rows, spec_path, artifact, all_runs)
+            # after every run: a partial table survives a stop
+            _write(out, rows, spec_path, artifact, all_runs, spec.get("targets"), notes)
+    _write(out, rows, spec_path, artifact, all_runs, spec.get("targets"), notes)
     return rows
 
 
 def _write(out: Path, rows: list[dict[str, Any]], spec_path: Path, artifact: Path | None,
-           all_runs: list[str]) -> None:
+           all_runs: list[str], target_names: dict[str, str] | None = None, notes: str | None = None) -> None:
     done = {f"{r['variant']}-s{r['seed']}" for r in rows}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(results_markdown(rows, spec_path, artifact, [r for r in all_runs if r not in done]))
+    pending = [r for r in all_runs if r not in done]
+    out.write_text(results_markdown(rows, spec_path, artifact, pending, target_names, notes))
     log.info("wrote %s (%d rows)", out, len(rows))

@@ -264,6 +264,8 @@ def stage3(ctx: Context, states: tuple[dict, dict] | None) -> None:
     head_key = next(k for k in s1 if k.endswith("score.weight"))
     has_bias = any(k.endswith("score.bias") for k in s1)
 
+    val_probs: dict[float, dict[str, np.ndarray]] = {}
+
     def evaluate(c: float) -> tuple[float, dict]:
         load_trainable_state(ctx.model, interpolate_state(s1, s2, c))
         m = {}
@@ -277,6 +279,7 @@ def stage3(ctx: Context, states: tuple[dict, dict] | None) -> None:
                                 cfg.features.autocast, desc=f"val c={c:g} {name}", progress=ctx.progress)
             else:
                 continue
+            val_probs.setdefault(c, {})[name] = probs
             full = metrics_for(pairs, probs, cfg.eval.ece_bins)
             m[name] = {k: full[k] for k in ("accuracy", "macro_f1", "ece", "qwk")}
         return objective(cfg.interpolate.objective, m.get("id"), m.get("ood")), m
@@ -287,6 +290,29 @@ def stage3(ctx: Context, states: tuple[dict, dict] | None) -> None:
     ctx.results["interpolation"] = {"coef": best, "objective": cfg.interpolate.objective, "curve": curve}
     log.info("interpolation: best coef %.2f (%s)", best, [(r["coef"], round(r["objective"], 4)) for r in curve])
     _plot_curve(ctx.run_dir / "interpolation.png", curve)
+    if cfg.interpolate.temperature and val_probs.get(best):
+        _calibrate(ctx, val_probs[best])
+
+
+def _calibrate(ctx: Context, probs_by_domain: dict[str, np.ndarray]) -> None:
+    """Temperature scaling on ID+OOD val, folded into the head (argmax unchanged)."""
+    from relevance_core.postprocess import probs_from_logits
+    from training.calibration import fit_temperature, fold_temperature
+    from training.metrics import compute_metrics
+    from training.model import classification_head
+
+    s, bins = ctx.splits, ctx.cfg.eval.ece_bins
+    doms = [d for d in ("id", "ood") if d in probs_by_domain]
+    labels = {"id": np.array([p.label for p in s.val_id]), "ood": np.array([p.label for p in s.val_ood])}
+    t = fit_temperature(np.concatenate([probs_by_domain[d] for d in doms]), np.concatenate([labels[d] for d in doms]))
+    fold_temperature(classification_head(ctx.model), t)
+    report: dict[str, Any] = {"temperature": round(t, 4)}
+    for d in doms:
+        scaled = probs_from_logits(np.log(np.clip(probs_by_domain[d], 1e-12, 1.0)) / t)
+        report[f"val_ece_{d}"] = {"before": compute_metrics(probs_by_domain[d], labels[d], n_bins=bins)["ece"],
+                                  "after": compute_metrics(scaled, labels[d], n_bins=bins)["ece"]}
+    ctx.results["calibration"] = report
+    log.info("temperature scaling: %s", report)
 
 
 def _plot_curve(path: Path, curve: list[dict]) -> None:
@@ -365,6 +391,7 @@ def run(cfg: TrainConfig, export: bool = True, progress: bool = True,
         "selection": ctx.results.get("selection"),
         "stage2": ctx.results.get("stage2"),
         "interpolation": ctx.results.get("interpolation"),
+        "calibration": ctx.results.get("calibration"),
     }
     ctx.timings["total"] = round(time.perf_counter() - t0, 1)
     metrics["timings_s"] = dict(ctx.timings)

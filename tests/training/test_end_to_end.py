@@ -33,7 +33,7 @@ def tiny_config(tmp: Path, data_root: Path, base: Path, **over):
             "checkpoint_every": 2,
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
         },
-        interpolate={"grid": [0.0, 0.5, 1.0]},
+        interpolate={"grid": [0.0, 0.5, 1.0], "temperature": True},
         eval={"batch_size": 32},
         root_dir=str(tmp),
     )
@@ -67,6 +67,9 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     assert [r["coef"] for r in curve] == [0.0, 0.5, 1.0]
     assert all("id" in r and "ood" in r and np.isfinite(r["objective"]) for r in curve)
     assert summary["interpolation"]["coef"] == max(curve, key=lambda r: r["objective"])["coef"]
+    # Temperature scaling ran on val and is folded into the head the export carries (checked by the parity below).
+    assert 0.25 <= summary["calibration"]["temperature"] <= 8.0
+    assert set(summary["calibration"]) == {"temperature", "val_ece_id", "val_ece_ood"}
     assert summary["id"]["n"] > 0 and summary["ood"]["n"] > 0
     for f in ("metrics.json", "report.md", "confusion_id.png", "reliability_ood.png", "id_vs_ood.png"):
         assert (cfg.run_path / "eval" / f).is_file()

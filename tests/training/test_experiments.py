@@ -42,9 +42,45 @@ def test_experiment_table(tmp_path: Path, data_root: Path, tiny_base_dir: Path) 
     # A finished run is reused, not retrained.
     again = run_experiments(tmp_path / "exp.yaml", out, only=["sft"])
     assert [r["summary"] for r in again] == [r["summary"] for r in rows]
+    # ... but not after its config changed: it runs again and the old run is kept aside.
+    spec["variants"][1]["seeds"] = [1]
+    spec["variants"][1]["set"]["finetune"] = {"lr": 5e-4}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(spec))
+    changed = run_experiments(tmp_path / "exp.yaml", out, only=["sft"])
+    new_sft = next(r for r in changed if r["variant"] == "sft")["summary"]
+    assert new_sft["config_sha"] != rows[1]["summary"]["config_sha"]
+    assert (tmp_path / "runs" / f"sft-s1.stale-{rows[1]['summary']['config_sha']}" / "summary.json").is_file()
     # Rewriting the table only: a deleted run shows up as not run.
     import shutil
 
     shutil.rmtree(tmp_path / "runs" / "full-s13")
     run_experiments(tmp_path / "exp.yaml", out, run=False)
     assert "Not run yet (no summary): `full-s13`." in out.read_text()
+
+
+def test_targets_are_computed_from_the_rows_means_over_seeds() -> None:
+    from training.experiments import targets_section
+
+    def row(variant: str, seed: int, id_f1: float, ood_f1: float, ece: float = 0.04) -> dict:
+        split = {"macro_f1": ood_f1, "ece": ece}
+        return {"variant": variant, "seed": seed, "summary": {"id": {"macro_f1": id_f1, "ece": ece}, "ood": split}}
+
+    rows = [row("sft", 1, 0.50, 0.30), row("sft", 2, 0.52, 0.32),
+            row("full-darl", 1, 0.50, 0.40, ece=0.09), row("full-darl", 2, 0.50, 0.38, ece=0.09),
+            row("minilm", 1, 0.55, 0.20)]
+    text = "\n".join(targets_section(rows, {"sft": "sft", "darl": "full-darl", "baseline": "minilm"}))
+    assert "| OOD macro-F1, full-darl − sft (points) | +8.0 | ≥ +5 | yes |" in text
+    assert "| ID macro-F1, full-darl − sft (points) | -1.0 | ≥ −0.5 | no |" in text
+    assert "| ID ECE, full-darl | 0.090 | ≤ 0.05 | no |" in text
+    assert "| ID macro-F1, full-darl − minilm (points) | -5.0 | > 0 | no |" in text
+    assert "| OOD macro-F1, full-darl − minilm (points) | +19.0 | > 0 | yes |" in text
+    missing = "\n".join(targets_section(rows[:2], {}))
+    assert "| OOD ECE, full-darl | – | ≤ 0.08 | – |" in missing
+
+
+def test_findings_notes_are_included_verbatim(tmp_path: Path) -> None:
+    from training.experiments import results_markdown
+
+    text = results_markdown([], tmp_path / "exp.yaml", notes="The loss helped nowhere.\n")
+    assert "### Findings\n\nThe loss helped nowhere.\n" in text
+    assert "### Findings" not in results_markdown([], tmp_path / "exp.yaml")
