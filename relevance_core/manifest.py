@@ -59,6 +59,9 @@ class Manifest(BaseModel):
     template_version: str = TEMPLATE_VERSION
     labels: list[str] = Field(default_factory=lambda: list(LABELS))
     max_length: int = DEFAULT_MAX_LENGTH
+    # kind="adapter": keep only the first k decoder layers of the base before the adapter and head
+    # (relevance_core.checkpoint.depth_updates); None = all of them.
+    num_layers: int | None = Field(default=None, ge=1)
     created_at: str | None = None
     training_config: dict[str, Any] = Field(default_factory=dict)
     data_fingerprint: str | None = None
@@ -67,11 +70,13 @@ class Manifest(BaseModel):
 
     @property
     def version(self) -> str:
-        """Content hash of the artifact: changes whenever any weight changes."""
+        """Content hash of the artifact: changes whenever any weight (or the base depth) changes."""
         h = hashlib.sha256()
         for rel, digest in sorted(self.files.items()):
             h.update(f"{rel}:{digest}\n".encode())
         h.update(self.template_version.encode())
+        if self.num_layers is not None:  # absent from older manifests: their versions stay as they were
+            h.update(f"|num_layers={self.num_layers}".encode())
         return h.hexdigest()[:16]
 
 

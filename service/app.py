@@ -293,6 +293,7 @@ def create_app(
                     "labels": list(LABELS),
                     "template_version": m.template_version if m else None,
                     "max_length": m.max_length if m else None,
+                    "num_layers": m.num_layers if m else None,
                     "created_at": m.created_at if m else None,
                     "metrics": m.metrics if m else {},
                     "engine": engine.name if engine else None,

@@ -79,7 +79,7 @@ def load_artifact(artifact_dir: str | Path, cache_dir: str | Path | None = None)
 def _merge(artifact_dir: Path, manifest: Manifest, out: Path, cache_dir: str | Path | None) -> None:
     log.info("materializing %s over base %s", manifest.name, manifest.base_model.name)
     base_dir = ensure_base_model(manifest.base_model, cache_dir)
-    model, tok = build_classifier(base_dir)
+    model, tok = build_classifier(base_dir, num_layers=manifest.num_layers)
     adapter = artifact_dir / ADAPTER_DIR
     if adapter.is_dir():
         from peft import PeftModel

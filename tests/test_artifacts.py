@@ -66,3 +66,18 @@ def test_tampered_adapter_is_refused_before_loading(tmp_path: Path, tiny_base: P
     with pytest.raises(ArtifactError, match="sha256 mismatch"):
         load_artifact(tmp_path / "art", tmp_path / "cache")
     assert not (tmp_path / "cache" / "merged").exists() or not any((tmp_path / "cache" / "merged").iterdir())
+
+
+def test_num_layers_keeps_the_first_layers_of_the_base(tmp_path: Path, tiny_base: Path) -> None:
+    """A shallower classifier is the base's first k layers (same weights), and the depth is part of the version."""
+    import torch
+
+    full, _ = build_classifier(tiny_base)
+    short, _ = build_classifier(tiny_base, num_layers=1)
+    assert short.config.num_hidden_layers == 1 == len(short.model.layers)
+    torch.testing.assert_close(short.model.layers[0].state_dict(), full.model.layers[0].state_dict())
+    with pytest.raises(ArtifactError, match="num_layers=3"):
+        build_classifier(tiny_base, num_layers=3)
+    ref = tiny_base_ref(tiny_base)
+    deep = Manifest(name="x", kind="adapter", base_model=ref, files={"head.safetensors": "0" * 64})
+    assert deep.model_copy(update={"num_layers": 1}).version != deep.version

@@ -55,7 +55,7 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
     from training.evaluate import write_report
     from training.features import encode
     from training.finetune import finetune
-    from training.pipeline import load_splits, machine
+    from training.pipeline import _run_id, load_splits, machine
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -67,7 +67,8 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
     train = subsample(splits.train, cfg.finetune.max_train_pairs, cfg.seed + 10)
     t1 = time.perf_counter()
     info = finetune(model, encode_pairs(tok, train, cfg.max_length), [p.label for p in train], cfg.finetune,
-                    tok.pad_token_id, cfg.seed, ckpt_dir=run_dir / "stage2", progress=progress)
+                    tok.pad_token_id, cfg.seed, ckpt_dir=run_dir / "stage2", progress=progress,
+                    run_id=_run_id(cfg, []))
     train_s = time.perf_counter() - t1
     groups = {}
     for name, pairs in (("id", splits.test_id), ("ood", splits.test_ood)):

@@ -45,6 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_eval)
 
+    p = sub.add_parser("probe-depth", help="probe the head's features at each decoder depth (picks num_layers)",
+                       description="One forward pass over the config's train and val pairs; a linear probe per "
+                       "depth; writes a markdown table (and .json beside it).")
+    _config_args(p)
+    p.add_argument("--depths", type=int, nargs="+", help="depths to probe (default: every 4th layer and the last)")
+    p.add_argument("--out", type=Path, default=Path("docs/depth-probe.md"))
+    p.set_defaults(func=_probe_depth)
+
     p = sub.add_parser("experiment", help="run the ablation table and write docs/results.md")
     p.add_argument("--config", type=Path, default=Path("configs/experiments.yaml"))
     p.add_argument("--out", type=Path, default=Path("docs/results.md"))
@@ -72,6 +80,20 @@ def _train(args: argparse.Namespace) -> int:
     summary = run(_load(args), export=not args.no_export)
     summary.pop("_context", None)
     print(json.dumps({k: summary[k] for k in ("name", "artifact", "id", "ood", "timings_s")}, indent=2, default=float))
+    return 0
+
+
+def _probe_depth(args: argparse.Namespace) -> int:
+    from training.depth import probe_depths, write
+    from training.pipeline import machine
+
+    cfg = _load(args)
+    result = probe_depths(cfg, args.depths)
+    command = f"darl probe-depth --config {args.config}" + (
+        " --depths " + " ".join(map(str, args.depths)) if args.depths else "")
+    write(result, args.out, command, machine())
+    best = max(result["depths"], key=lambda r: r["objective"])
+    print(f"wrote {args.out}; best num_layers={best['num_layers']} (objective {best['objective']:.4f})")
     return 0
 
 

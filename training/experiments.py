@@ -29,7 +29,7 @@ def _fmt(v: Any) -> str:
 
 # Config fields added after runs were recorded, with their defaults: left out of the hash while at
 # the default, so that adding a switch does not invalidate runs made before it existed.
-ADDED_FIELDS: dict[tuple[str, str], Any] = {("interpolate", "temperature"): False}
+ADDED_FIELDS: dict[tuple[str, str], Any] = {("interpolate", "temperature"): False, ("probe", "dasa_pairs"): False}
 
 
 def config_sha(overrides: dict[str, Any], cfg: Any) -> str:
@@ -104,7 +104,9 @@ def artifact_section(artifact_dir: Path) -> list[str]:
         f"OOD-detector AUROC (CrowdFlower pool vs Home Depot pool): `{json.dumps(met.get('ood_auroc'))}`; "
         f"selection: `{json.dumps(met.get('selection'))}`; probe on val: `{json.dumps(met.get('probe_val'))}`; "
         f"interpolation coefficient {interp.get('coef')} (objective {interp.get('objective')}); curve: "
-        + ", ".join(f"{r['coef']}→{r['objective']:.4f}" for r in interp.get("curve", [])),
+        + ", ".join(f"{r['coef']}→{r['objective']:.4f}" for r in interp.get("curve", []))
+        + (f"; temperature scaling on val: `{json.dumps(met['calibration'])}`" if met.get("calibration") else "")
+        + (f"; stage 2: `{json.dumps(met['stage2'])}`" if met.get("stage2") else ""),
         "",
     ]
     return lines
@@ -125,8 +127,11 @@ METHOD_NOTES = """\
   held-back labels are revealed) up to the budget, at most 5 per query. The random control draws the same
   budget under the same cap.
 - **Multi-stage**: stage 1 linear probe (L-BFGS logistic regression on cached features, l2 picked on val),
-  stage 2 LoRA (r = 8, all attention and MLP projections) from the probed head, stage 3 WiSE interpolation
-  of adapter delta and head between stage 1 and stage 2, coefficient picked on ID + OOD val macro-F1.
+  stage 2 LoRA (r = 16, all attention and MLP projections of the last 8 of the 30 decoder layers, which
+  halves the cost of a training step on this CPU) from the probed head, stage 3 WiSE interpolation of
+  adapter delta and head between stage 1 and stage 2, coefficient picked on ID + OOD val macro-F1, then
+  temperature scaling (Guo et al. 2017): one temperature fitted on ID + OOD val by NLL and folded into the
+  head, which changes confidence and never a prediction.
 """
 
 

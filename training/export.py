@@ -32,6 +32,7 @@ def export_artifact(
     data_fingerprint: str | None,
     metrics: dict[str, Any],
     head_only: bool = False,
+    num_layers: int | None = None,
 ) -> Manifest:
     """Stage the weights, write the manifest and atomically publish ``dest``.
 
@@ -57,6 +58,7 @@ def export_artifact(
         kind=kind,
         base_model=base_ref if kind == "adapter" else None,
         max_length=max_length,
+        num_layers=num_layers if kind == "adapter" else None,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         training_config=training_config,
         data_fingerprint=data_fingerprint,
@@ -90,7 +92,7 @@ def load_for_eval(artifact_dir: str | Path, cache_dir: str | Path | None = None)
     if manifest.kind == "full":
         model, tok = build_classifier(artifact_dir / FULL_DIR)
         return model, tok, manifest
-    model, tok = build_classifier(ensure_base_model(manifest.base_model, cache_dir))
+    model, tok = build_classifier(ensure_base_model(manifest.base_model, cache_dir), num_layers=manifest.num_layers)
     if (artifact_dir / ADAPTER_DIR).is_dir():
         from peft import PeftModel
 

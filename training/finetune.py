@@ -66,12 +66,14 @@ def finetune(
     ckpt_dir: Path | None = None,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    run_id: str = "",
 ) -> dict[str, Any]:
     """Train ``model``'s trainable weights in place; returns the loss history.
 
     ``cfg`` is a ``FinetuneConfig``. ``stop_after_steps`` ends the call after that
     many optimizer steps *of this call* (after checkpointing), which simulates a
-    kill in tests; calling again resumes.
+    kill in tests; calling again resumes. ``run_id`` identifies the run (its config):
+    a checkpoint left by a different run in the same directory is set aside, never resumed.
     """
     import torch
     from tqdm.auto import tqdm
@@ -101,10 +103,15 @@ def finetune(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     step, history = 0, []
     ckpt = ckpt_dir / CKPT_NAME if ckpt_dir else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["total_steps"] != total_steps:
-            raise RuntimeError(f"{ckpt} belongs to a different run ({state['total_steps']} steps, now {total_steps})")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt is not None and ckpt.is_file() else None
+    if state is not None and (state.get("run_id", "") != run_id or state["total_steps"] != total_steps
+                              or set(state["trainable"]) != set(trainable_state(model))):
+        stale = ckpt.with_name(f"{ckpt.stem}.stale{ckpt.suffix}")
+        log.warning("%s belongs to a different run (config or trainable weights changed): moved to %s; "
+                    "stage 2 starts from scratch", ckpt, stale.name)
+        ckpt.replace(stale)
+        state = None
+    if state is not None:
         load_trainable_state(model, state["trainable"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -119,7 +126,7 @@ def finetune(
     def checkpoint() -> None:
         if ckpt is not None:
             _save(ckpt, {
-                "step": step, "total_steps": total_steps, "history": history,
+                "step": step, "total_steps": total_steps, "history": history, "run_id": run_id,
                 "trainable": trainable_state(model), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
             })

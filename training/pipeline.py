@@ -104,33 +104,36 @@ def prepare(cfg: TrainConfig, progress: bool = True) -> Context:
     log.info("data: train %d, pool %d, val %d+%d, test %d+%d", len(s.train), len(s.pool),
              len(s.val_id), len(s.val_ood), len(s.test_id), len(s.test_ood))
     ctx.base_dir = ensure_base_model(cfg.base_ref())
-    ctx.model, ctx.tok = load_classifier(ctx.base_dir)
+    ctx.model, ctx.tok = load_classifier(ctx.base_dir, cfg.num_layers)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     ctx.model.to(device).eval()
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     return ctx
 
 
+def _seqs_for(tok: Any, max_length: int, pairs: list[Pair]) -> list[tuple[int, ...]]:
+    return render_pairs(PromptRenderer(tok, max_length), pairs)[0]
+
+
 def _seqs(ctx: Context, pairs: list[Pair]) -> list[tuple[int, ...]]:
-    return render_pairs(PromptRenderer(ctx.tok, ctx.cfg.max_length), pairs)[0]
+    return _seqs_for(ctx.tok, ctx.cfg.max_length, pairs)
 
 
 def _features(ctx: Context, name: str, pairs: list[Pair]) -> np.ndarray:
     from training.features import cached_features
     from training.model import pad_id
 
-    identity = f"{ctx.base_dir}|{ctx.cfg.base_ref().sha256}|{ctx.cfg.max_length}"
+    identity = f"{ctx.base_dir}|{ctx.cfg.base_ref().sha256}|{ctx.cfg.max_length}|layers={ctx.cfg.num_layers}"
     cache = ctx.cfg.path(ctx.cfg.features.cache_dir) if ctx.cfg.features.cache_dir else ctx.run_dir / "features"
     return cached_features(cache, name, ctx.model, _seqs(ctx, pairs), pad_id(ctx.tok),
                            ctx.cfg.features.batch_size, ctx.cfg.features.autocast, identity)
 
 
 def stage1(ctx: Context) -> None:
-    """Features of train/val(/pool) once, then the probe on the frozen backbone."""
-    from relevance_core.postprocess import probs_from_logits
-    from training.metrics import compute_metrics, objective
-    from training.probe import fit_probe, head_logits, set_head
+    """Features of train/val(/pool) once, then the probe on the frozen backbone.
 
+    With ``probe.dasa_pairs`` the probe waits for DASA (``run`` calls ``fit_head`` after it).
+    """
     cfg, s = ctx.cfg, ctx.splits
     if not (cfg.probe.enabled or (cfg.dasa.enabled and cfg.dasa.strategy == "dasa")):
         return
@@ -140,15 +143,27 @@ def stage1(ctx: Context) -> None:
             "val_id": _features(ctx, "val_id", s.val_id),
             "val_ood": _features(ctx, "val_ood", s.val_ood),
         }
-    if not cfg.probe.enabled:
-        return
+    if cfg.probe.enabled and not cfg.probe.dasa_pairs:
+        fit_head(ctx, [])
+
+
+def fit_head(ctx: Context, added: list[Pair]) -> None:
+    """Stage 1 probe on the cached features of the train pairs (+ ``added``, the DASA-labelled ones)."""
+    from relevance_core.postprocess import probs_from_logits
+    from training.metrics import compute_metrics, objective
+    from training.probe import fit_probe, head_logits, set_head
+
+    cfg, s = ctx.cfg, ctx.splits
     with ctx.timed("stage1_probe"):
         f = ctx.results["feats"]
-        y = np.array([p.label for p in s.train])
+        x, y = f["train"], np.array([p.label for p in s.train])
+        if added:
+            x = np.concatenate([x, _features(ctx, "selected", added)])
+            y = np.concatenate([y, [p.label for p in added]])
         grid = cfg.probe.l2 if isinstance(cfg.probe.l2, list) else [cfg.probe.l2]
         best = None
         for l2 in grid:
-            w, b = fit_probe(f["train"], y, l2, cfg.probe.max_iter, cfg.probe.class_weight, seed=cfg.seed)
+            w, b = fit_probe(x, y, l2, cfg.probe.max_iter, cfg.probe.class_weight, seed=cfg.seed)
             val = {}
             for name, pairs in (("id", s.val_id), ("ood", s.val_ood)):
                 if pairs:
@@ -162,7 +177,7 @@ def stage1(ctx: Context) -> None:
         _, l2, w, b, val = best
         set_head(ctx.model, w, b)
         np.savez(ctx.run_dir / "probe_head.npz", weight=w)
-        ctx.results["probe_val"] = {"l2": l2, **val}
+        ctx.results["probe_val"] = {"l2": l2, "pairs": len(y), "dasa_pairs": len(added), **val}
         log.info("probe: picked l2=%g", l2)
 
 
@@ -216,6 +231,14 @@ def dasa(ctx: Context, labels_csv: Path | None = None) -> list[Pair]:
         return added
 
 
+def _run_id(cfg: TrainConfig, added: list[Pair]) -> str:
+    """What a stage-2 checkpoint may be resumed by: the same config and the same DASA pairs."""
+    import hashlib
+
+    blob = json.dumps(cfg.for_manifest(), sort_keys=True) + "|" + ",".join(p.pair_id for p in added)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None) -> tuple[dict, dict] | None:
     """Fine-tune from the (probed) head; returns the (stage-1, stage-2) trainable states."""
     from training.finetune import finetune
@@ -229,7 +252,8 @@ def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None)
     train = subsample(ctx.splits.train, fc.max_train_pairs, cfg.seed + 10) + list(added)
     with ctx.timed("stage2_finetune"):
         info = finetune(ctx.model, _seqs(ctx, train), [p.label for p in train], fc, pad_id(ctx.tok), cfg.seed,
-                        ckpt_dir=ctx.run_dir / "stage2", stop_after_steps=stop_after_steps, progress=ctx.progress)
+                        ckpt_dir=ctx.run_dir / "stage2", stop_after_steps=stop_after_steps, progress=ctx.progress,
+                        run_id=_run_id(cfg, added))
     if info["steps"] < info.get("total_steps", info["steps"]):
         raise InterruptedError(f"stage 2 stopped at step {info['steps']}/{info['total_steps']}")
     hist = info["history"]
@@ -377,6 +401,8 @@ def run(cfg: TrainConfig, export: bool = True, progress: bool = True,
     ctx = prepare(cfg, progress)
     stage1(ctx)
     added = dasa(ctx)
+    if cfg.probe.enabled and cfg.probe.dasa_pairs:
+        fit_head(ctx, added)
     states = stage2(ctx, added, stop_after_steps)
     stage3(ctx, states)
     test = evaluate_test(ctx)
@@ -399,7 +425,8 @@ def run(cfg: TrainConfig, export: bool = True, progress: bool = True,
     fp = data_fingerprint(cfg, ctx.splits)
     if export:
         export_artifact(ctx.model, ctx.tok, cfg.output_path, cfg.name, cfg.base_ref(), cfg.max_length,
-                        cfg.for_manifest(), fp, metrics, head_only=cfg.finetune.method == "none")
+                        cfg.for_manifest(), fp, metrics, head_only=cfg.finetune.method == "none",
+                        num_layers=cfg.num_layers)
         log.info("wrote artifact %s", cfg.output_path)
     summary = {"name": cfg.name, "artifact": str(cfg.output_path) if export else None, "data_fingerprint": fp,
                **metrics}

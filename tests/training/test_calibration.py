@@ -38,6 +38,7 @@ def test_old_runs_keep_their_hash_when_a_new_switch_is_at_its_default() -> None:
     on = TrainConfig.model_validate({"name": "x", "interpolate": {"temperature": True}})
     dump = cfg.for_manifest()
     dump["interpolate"].pop("temperature")
+    dump["probe"].pop("dasa_pairs")
     import hashlib
     import json
 

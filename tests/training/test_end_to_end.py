@@ -31,7 +31,8 @@ def tiny_config(tmp: Path, data_root: Path, base: Path, **over):
             "lr": 5e-3,
             "head_lr": 5e-3,
             "checkpoint_every": 2,
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            # top layer only: the exported adapter's layers_to_transform must survive the service's loader
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "top_layers": 1},
         },
         interpolate={"grid": [0.0, 0.5, 1.0], "temperature": True},
         eval={"batch_size": 32},
@@ -55,7 +56,8 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     from training.features import encode
     from training.pipeline import run
 
-    cfg = tiny_config(tmp_path, data_root, tiny_base_dir)
+    # num_layers=1: the classifier keeps the first of the tiny base's two layers, in training and serving alike.
+    cfg = tiny_config(tmp_path, data_root, tiny_base_dir, num_layers=1, probe={"dasa_pairs": True})
     summary = run(cfg, progress=False)
     ctx = summary.pop("_context")
     # Every stage ran and left its record.
@@ -63,6 +65,7 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     assert set(summary["ood_auroc"]) == {"mahalanobis", "knn", "combined"}
     assert summary["selection"]["selected"] <= 12
     assert summary["stage2"]["dasa_pairs"] == summary["selection"]["labelled"] > 0
+    assert summary["probe_val"]["dasa_pairs"] == summary["selection"]["labelled"]  # the probe saw them too
     curve = summary["interpolation"]["curve"]
     assert [r["coef"] for r in curve] == [0.0, 0.5, 1.0]
     assert all("id" in r and "ood" in r and np.isfinite(r["objective"]) for r in curve)
@@ -75,7 +78,7 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
         assert (cfg.run_path / "eval" / f).is_file()
 
     manifest = read_manifest(cfg.output_path)
-    assert manifest.kind == "adapter" and manifest.max_length == 48
+    assert manifest.kind == "adapter" and manifest.max_length == 48 and manifest.num_layers == 1
     assert manifest.data_fingerprint and manifest.metrics["id"]["macro_f1"] == summary["id"]["macro_f1"]
     assert manifest.training_config["finetune"]["method"] == "lora"
     assert "adapter/adapter_model.safetensors" in manifest.files and "head.safetensors" in manifest.files
@@ -86,6 +89,7 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     from transformers import AutoModelForSequenceClassification
 
     served = AutoModelForSequenceClassification.from_pretrained(loaded.checkpoint_dir, dtype=torch.float32).eval()
+    assert served.config.num_hidden_layers == 1 == len(served.model.layers)
     pairs = ctx.splits.test_id[:20] + ctx.splits.test_ood[:20]
     seqs, _ = render_pairs(PromptRenderer(ctx.tok, cfg.max_length), pairs)
     pad = ctx.tok.pad_token_id
@@ -118,3 +122,20 @@ def test_resume_gives_same_weights(tmp_path: Path, data_root: Path, tiny_base_di
         assert na == nb
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
     assert full["id"] == resumed["id"] and full["ood"] == resumed["ood"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_config_is_set_aside_not_resumed(tmp_path: Path, data_root: Path,
+                                                                   tiny_base_dir: Path) -> None:
+    """A run killed mid stage 2, then rerun in the same directory with another config, starts over."""
+    from training.pipeline import run
+
+    with pytest.raises(InterruptedError):
+        run(tiny_config(tmp_path, data_root, tiny_base_dir), export=False, progress=False, stop_after_steps=3)
+    changed = tiny_config(tmp_path, data_root, tiny_base_dir, num_layers=1)  # other trainable weights
+    summary = run(changed, export=False, progress=False)
+    summary.pop("_context")
+    stage2 = changed.run_path / "stage2"
+    assert (stage2 / "last.stale.pt").is_file()
+    assert summary["stage2"]["steps"] == len(json.loads((changed.run_path / "stage2_history.json").read_text()))
+    assert json.loads((changed.run_path / "stage2_history.json").read_text())[0]["step"] == 1

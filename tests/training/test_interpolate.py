@@ -63,3 +63,20 @@ def test_endpoints_and_linear_delta(tiny_base_dir: Path) -> None:
     assert best == 0.5 and [r["coef"] for r in curve] == [0.0, 0.5, 1.0]
     with pytest.raises(KeyError):
         interpolate_state(s1, {}, 0.5)
+
+
+def test_top_layers_adapts_only_the_last_layers_and_keeps_backward_above_them(tiny_base_dir: Path) -> None:
+    from training.model import attach_lora, load_classifier
+
+    model, tok = load_classifier(tiny_base_dir)
+    n = model.config.num_hidden_layers
+    model = attach_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "down_proj"], top_layers=1)
+    lora = [name for name, _ in model.named_parameters() if "lora_" in name]
+    assert lora and all(f"layers.{n - 1}." in name for name in lora)
+    ids = torch.as_tensor([tok("Query: drill\nItem: cordless drill\nRelevance:")["input_ids"]])
+    model(input_ids=ids).logits.sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())
+    assert all(p.grad is None for name, p in model.named_parameters() if "layers.0." in name)
+    with pytest.raises(ValueError, match="top_layers"):
+        attach_lora(load_classifier(tiny_base_dir)[0], 4, 8, 0.0, ["q_proj"], top_layers=n + 1)

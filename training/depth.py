@@ -1,0 +1,115 @@
+"""``darl probe-depth``: which decoder depth gives the head the best features.
+
+One forward pass over the config's training and validation pairs collects, for
+every candidate depth k, the feature a ``num_layers=k`` classifier's head would
+read (the last token's hidden state after layer k, through the final norm).
+A linear probe is fitted per depth and l2 on the training features and scored
+on ID and OOD validation with the config's interpolation objective. The table
+is what ``num_layers`` in ``configs/darl-smollm2.yaml`` was chosen from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import TrainConfig
+
+
+def depth_features(model: Any, seqs: list, pad_id: int, depths: list[int], batch_size: int, dtype: str,
+                   desc: str, progress: bool = True) -> dict[int, np.ndarray]:
+    """``{k: [N, H]}``: final-norm(hidden state after layer k) at the last token, for each k."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from training.features import autocast, collate, length_sorted_batches, model_device
+
+    backbone, norm = model.model, model.model.norm
+    n_layers = model.config.num_hidden_layers
+    out = {k: np.zeros((len(seqs), model.config.hidden_size), dtype=np.float32) for k in depths}
+    device = model_device(model)
+    bar = tqdm(total=len(seqs), desc=desc, unit="pair", disable=not progress, dynamic_ncols=True)
+    with torch.inference_mode(), autocast(dtype):
+        for idx in length_sorted_batches([len(s) for s in seqs], batch_size):
+            ids, mask = collate([seqs[i] for i in idx], pad_id)
+            hs = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            last = (mask.sum(1) - 1).to(device)
+            rows = torch.arange(len(idx), device=device)
+            for k in depths:
+                # hidden_states[k] is the output of layer k; the last entry already went through the norm
+                h = hs.hidden_states[k] if k < n_layers else hs.last_hidden_state
+                h = h[rows, last]
+                out[k][idx] = (norm(h) if k < n_layers else h).float().cpu().numpy()
+            bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def probe_depths(cfg: TrainConfig, depths: list[int] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Probe every depth in ``depths`` (default: every 4th layer and the last); returns the table rows."""
+    import torch
+
+    from relevance_core.base_model import ensure_base_model
+    from relevance_core.postprocess import probs_from_logits
+    from training.metrics import compute_metrics, objective
+    from training.model import load_classifier, pad_id
+    from training.pipeline import _seqs_for, load_splits
+    from training.probe import fit_probe, head_logits
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    splits = load_splits(cfg)
+    model, tok = load_classifier(ensure_base_model(cfg.base_ref()))  # all layers: every depth from one pass
+    model.eval()
+    total = model.config.num_hidden_layers
+    depths = sorted(set(depths or [*range(4, total, 4), total]))
+    sets = {"train": splits.train, "val_id": splits.val_id, "val_ood": splits.val_ood}
+    feats = {name: depth_features(model, _seqs_for(tok, cfg.max_length, pairs), pad_id(tok), depths,
+                                  cfg.features.batch_size, cfg.features.autocast, f"depth features {name}", progress)
+             for name, pairs in sets.items() if pairs}
+    y = np.array([p.label for p in splits.train])
+    yv = {"id": np.array([p.label for p in splits.val_id]), "ood": np.array([p.label for p in splits.val_ood])}
+    grid = cfg.probe.l2 if isinstance(cfg.probe.l2, list) else [cfg.probe.l2]
+    rows = []
+    for k in depths:
+        best = None
+        for l2 in grid:
+            w, b = fit_probe(feats["train"][k], y, l2, cfg.probe.max_iter, cfg.probe.class_weight, seed=cfg.seed)
+            val = {}
+            for dom in ("id", "ood"):
+                if f"val_{dom}" in feats:
+                    m = compute_metrics(probs_from_logits(head_logits(feats[f"val_{dom}"][k], w, b)), yv[dom])
+                    val[dom] = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
+            score = objective(cfg.interpolate.objective, val.get("id"), val.get("ood"))
+            if best is None or score > best["objective"]:
+                best = {"num_layers": k, "l2": l2, "objective": score, **val}
+        rows.append(best)
+    return {"depths": rows, "total_layers": total, "objective": cfg.interpolate.objective,
+            "train_pairs": len(splits.train), "val_pairs": {d: len(v) for d, v in yv.items()},
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def depth_markdown(result: dict[str, Any], command: str, machine: str) -> str:
+    lines = [
+        "# Probe by depth", "",
+        f"Generated by `{command}` on {machine}: a linear probe (l2 picked per depth on val) on the last-token "
+        f"feature after each depth of the {result['total_layers']}-layer base, trained on "
+        f"{result['train_pairs']} Home Depot train pairs, scored on {result['val_pairs']['id']} Home Depot and "
+        f"{result['val_pairs']['ood']} CrowdFlower val pairs ({result['seconds']} s). "
+        f"Objective: {result['objective']}.", "",
+        "| num_layers | l2 | ID macro-F1 | OOD macro-F1 | objective |", "|---|---|---|---|---|",
+    ]
+    for r in result["depths"]:
+        lines.append(f"| {r['num_layers']} | {r['l2']:g} | {r.get('id', {}).get('macro_f1', float('nan')):.3f} | "
+                     f"{r.get('ood', {}).get('macro_f1', float('nan')):.3f} | {r['objective']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict[str, Any], out: Path, command: str, machine: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(depth_markdown(result, command, machine))
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
