@@ -46,7 +46,7 @@ def depth_updates(config: Any, num_layers: int | None) -> dict[str, Any]:
     The head then reads the final norm of layer ``num_layers``'s last token: a shallower,
     faster classifier that is still a plain ``*ForSequenceClassification`` checkpoint
     (transformers and vLLM load it as is). Middle layers of small LMs probe better than
-    the last one for this task (docs/results.md, `darl probe-depth`).
+    the last one for this task (docs/depth-probe.md, `darl probe-depth`).
     """
     if num_layers is None:
         return {}

@@ -54,11 +54,9 @@ def probe_depths(cfg: TrainConfig, depths: list[int] | None = None, progress: bo
     import torch
 
     from relevance_core.base_model import ensure_base_model
-    from relevance_core.postprocess import probs_from_logits
-    from training.metrics import compute_metrics, objective
     from training.model import load_classifier, pad_id
     from training.pipeline import _seqs_for, load_splits
-    from training.probe import fit_probe, head_logits
+    from training.probe import select_probe
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -73,21 +71,11 @@ def probe_depths(cfg: TrainConfig, depths: list[int] | None = None, progress: bo
              for name, pairs in sets.items() if pairs}
     y = np.array([p.label for p in splits.train])
     yv = {"id": np.array([p.label for p in splits.val_id]), "ood": np.array([p.label for p in splits.val_ood])}
-    grid = cfg.probe.l2 if isinstance(cfg.probe.l2, list) else [cfg.probe.l2]
     rows = []
     for k in depths:
-        best = None
-        for l2 in grid:
-            w, b = fit_probe(feats["train"][k], y, l2, cfg.probe.max_iter, cfg.probe.class_weight, seed=cfg.seed)
-            val = {}
-            for dom in ("id", "ood"):
-                if f"val_{dom}" in feats:
-                    m = compute_metrics(probs_from_logits(head_logits(feats[f"val_{dom}"][k], w, b)), yv[dom])
-                    val[dom] = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
-            score = objective(cfg.interpolate.objective, val.get("id"), val.get("ood"))
-            if best is None or score > best["objective"]:
-                best = {"num_layers": k, "l2": l2, "objective": score, **val}
-        rows.append(best)
+        val = {dom: (feats[f"val_{dom}"][k], yv[dom]) for dom in ("id", "ood") if f"val_{dom}" in feats}
+        best = select_probe(feats["train"][k], y, val, cfg.probe, cfg.interpolate.objective, cfg.seed)
+        rows.append({"num_layers": k, "l2": best["l2"], "objective": best["objective"], **best["val"]})
     return {"depths": rows, "total_layers": total, "objective": cfg.interpolate.objective,
             "train_pairs": len(splits.train), "val_pairs": {d: len(v) for d, v in yv.items()},
             "seconds": round(time.perf_counter() - t0, 1)}

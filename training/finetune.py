@@ -104,8 +104,9 @@ def finetune(
     step, history = 0, []
     ckpt = ckpt_dir / CKPT_NAME if ckpt_dir else None
     state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt is not None and ckpt.is_file() else None
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if state is not None and (state.get("run_id", "") != run_id or state["total_steps"] != total_steps
-                              or set(state["trainable"]) != set(trainable_state(model))):
+                              or set(state["trainable"]) != trainable):
         stale = ckpt.with_name(f"{ckpt.stem}.stale{ckpt.suffix}")
         log.warning("%s belongs to a different run (config or trainable weights changed): moved to %s; "
                     "stage 2 starts from scratch", ckpt, stale.name)

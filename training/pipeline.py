@@ -149,9 +149,7 @@ def stage1(ctx: Context) -> None:
 
 def fit_head(ctx: Context, added: list[Pair]) -> None:
     """Stage 1 probe on the cached features of the train pairs (+ ``added``, the DASA-labelled ones)."""
-    from relevance_core.postprocess import probs_from_logits
-    from training.metrics import compute_metrics, objective
-    from training.probe import fit_probe, head_logits, set_head
+    from training.probe import select_probe, set_head
 
     cfg, s = ctx.cfg, ctx.splits
     with ctx.timed("stage1_probe"):
@@ -160,25 +158,13 @@ def fit_head(ctx: Context, added: list[Pair]) -> None:
         if added:
             x = np.concatenate([x, _features(ctx, "selected", added)])
             y = np.concatenate([y, [p.label for p in added]])
-        grid = cfg.probe.l2 if isinstance(cfg.probe.l2, list) else [cfg.probe.l2]
-        best = None
-        for l2 in grid:
-            w, b = fit_probe(x, y, l2, cfg.probe.max_iter, cfg.probe.class_weight, seed=cfg.seed)
-            val = {}
-            for name, pairs in (("id", s.val_id), ("ood", s.val_ood)):
-                if pairs:
-                    probs = probs_from_logits(head_logits(f[f"val_{name}"], w, b))
-                    m = compute_metrics(probs, np.array([p.label for p in pairs]))
-                    val[name] = {k: m[k] for k in ("accuracy", "macro_f1", "ece")}
-            score = objective(cfg.interpolate.objective, val.get("id"), val.get("ood")) if val else 0.0
-            log.info("probe l2=%g val: %s", l2, val)
-            if best is None or score > best[0]:
-                best = (score, l2, w, b, val)
-        _, l2, w, b, val = best
-        set_head(ctx.model, w, b)
-        np.savez(ctx.run_dir / "probe_head.npz", weight=w)
-        ctx.results["probe_val"] = {"l2": l2, "pairs": len(y), "dasa_pairs": len(added), **val}
-        log.info("probe: picked l2=%g", l2)
+        val = {name: (f[f"val_{name}"], np.array([p.label for p in pairs]))
+               for name, pairs in (("id", s.val_id), ("ood", s.val_ood)) if pairs}
+        best = select_probe(x, y, val, cfg.probe, cfg.interpolate.objective, cfg.seed)
+        set_head(ctx.model, best["weight"], best["bias"])
+        np.savez(ctx.run_dir / "probe_head.npz", weight=best["weight"])
+        ctx.results["probe_val"] = {"l2": best["l2"], "pairs": len(y), "dasa_pairs": len(added), **best["val"]}
+        log.info("probe: picked l2=%g", best["l2"])
 
 
 def dasa(ctx: Context, labels_csv: Path | None = None) -> list[Pair]:

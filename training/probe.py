@@ -10,9 +10,13 @@ weights are mapped back, so the fitted head reads raw hidden states.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from relevance_core.labels import NUM_LABELS
+
+log = logging.getLogger(__name__)
 
 
 def fit_probe(
@@ -52,6 +56,38 @@ def fit_probe(
     opt.step(closure)
     w_raw = (w.detach() / scale).numpy()
     return w_raw.astype(np.float32), (b.detach().numpy().astype(np.float32) if with_bias else None)
+
+
+def select_probe(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    val: dict[str, tuple[np.ndarray, np.ndarray]],
+    probe_cfg,
+    objective_name: str,
+    seed: int = 0,
+) -> dict:
+    """Fit one probe per l2 of ``probe_cfg`` and keep the best by ``objective_name`` on validation.
+
+    ``val`` maps a domain (``"id"``/``"ood"``) to its ``(features, labels)``. Returns
+    ``{"l2", "weight", "bias", "objective", "val": {domain: accuracy/macro_f1/ece}}``.
+    """
+    from relevance_core.postprocess import probs_from_logits
+    from training.metrics import compute_metrics, objective
+
+    grid = probe_cfg.l2 if isinstance(probe_cfg.l2, list) else [probe_cfg.l2]
+    best: dict | None = None
+    for l2 in grid:
+        w, b = fit_probe(feats, labels, l2, probe_cfg.max_iter, probe_cfg.class_weight, seed=seed)
+        scores = {}
+        for dom, (x, y) in val.items():
+            m = compute_metrics(probs_from_logits(head_logits(x, w, b)), y)
+            scores[dom] = {k: m[k] for k in ("accuracy", "macro_f1", "ece")}
+        score = objective(objective_name, scores.get("id"), scores.get("ood")) if scores else 0.0
+        log.info("probe l2=%g val: %s", l2, scores)
+        if best is None or score > best["objective"]:
+            best = {"l2": l2, "weight": w, "bias": b, "objective": score, "val": scores}
+    assert best is not None, "probe.l2 grid is empty"
+    return best
 
 
 def set_head(model, weight: np.ndarray, bias: np.ndarray | None = None) -> None:
