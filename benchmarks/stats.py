@@ -39,6 +39,8 @@ def aggregate(windows: Sequence[dict]) -> dict:
         "client_cpu_s_per_1k": median_or_none(w.get("client_cpu_s_per_1k") for w in ok),
         "offered_rate": median_or_none(w.get("rate") for w in ok),
         "foreign_cpu_share": max((w.get("foreign_cpu_share") or 0.0 for w in ok), default=None),
+        # absent in runs made before the harness recorded it
+        "steal_share": max((w["steal_share"] for w in ok if w.get("steal_share") is not None), default=None),
     }
     return out
 

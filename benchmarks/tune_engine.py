@@ -6,8 +6,8 @@ In-process, no HTTP: each variant is a ``TorchEngine`` with its options set
 (``prefix``: query-prefix KV reuse; ``compile``: torch.compile; ``t1``: one torch
 thread; ``sb2048``/``sb8192``: sub-batch token budget). It scores the same
 batches (real Home Depot calls of N items, concatenated up to the batcher's
-256-pair limit, plus one lone call of 10 items as at concurrency 1) ``--reps``
-times; the median pairs/s is reported, with the largest probability difference
+pair limit, ``DARL_MAX_BATCH_PAIRS``, plus one lone call of 10 items as at
+concurrency 1) ``--reps`` times; the median pairs/s is reported, with the largest probability difference
 from the eager variant (bf16 rounding differs between kernels). Results go to
 ``benchmarks/results/tuning_engine.json``, which ``benchmarks.report`` renders.
 """
@@ -33,6 +33,7 @@ from benchmarks.run import (
     machine,
     machine_busy_seconds,
     resolve_model,
+    steal_seconds,
     versions,
     wait_quiet,
     wait_until_alone,
@@ -99,10 +100,11 @@ async def bench_variant(name: str, ckpt: Path, batches, reps: int) -> dict:
         outputs = [await engine.score(b) for _, b in batches]  # warm-up (and the probabilities)
         per_kind: dict[str, list[float]] = {}
         foreign: list[float] = []
+        stolen: list[float] = []
         for _ in range(reps):
             for _attempt in range(3):  # a repetition during which other jobs used the cores is run again
                 await asyncio.to_thread(wait_until_alone, None, MAX_FOREIGN_SHARE, 600.0)
-                m0, c0, w0 = machine_busy_seconds(), time.process_time(), time.perf_counter()
+                m0, c0, w0, s0 = machine_busy_seconds(), time.process_time(), time.perf_counter(), steal_seconds()
                 totals: dict[str, list[float]] = {}
                 for kind, b in batches:
                     t = time.perf_counter()
@@ -113,10 +115,12 @@ async def bench_variant(name: str, ckpt: Path, batches, reps: int) -> dict:
                 wall = time.perf_counter() - w0
                 other = machine_busy_seconds() - m0 - (time.process_time() - c0)
                 share = max(0.0, other) / (wall * (os.cpu_count() or 1))
+                steal = (steal_seconds() - s0) / (wall * (os.cpu_count() or 1))
                 if share <= MAX_FOREIGN_SHARE:
                     break
                 print(f"[tune] other jobs used {share:.0%} of the cores; again", file=sys.stderr, flush=True)
             foreign.append(share)
+            stolen.append(steal)
             for kind, (pairs, secs) in totals.items():
                 per_kind.setdefault(kind, []).append(pairs / secs)
     finally:
@@ -127,8 +131,19 @@ async def bench_variant(name: str, ckpt: Path, batches, reps: int) -> dict:
         "pairs_per_s": {k: round(statistics.median(v), 1) for k, v in per_kind.items()},
         "runs": {k: [round(x, 1) for x in v] for k, v in per_kind.items()},
         "foreign_cpu_share_max": round(max(foreign), 3),
+        "steal_share_max": round(max(stolen), 3),
         "probs": [o.tolist() for o in outputs],
     }
+
+
+def with_diffs(results: list[dict]) -> list[dict]:
+    """Results without their probabilities, each with its largest difference from ``eager`` (or the first)."""
+    base = next((r for r in results if r["variant"] == "eager"), results[0])
+    out = []
+    for r in results:
+        diffs = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(r["probs"], base["probs"], strict=True)]
+        out.append({k: v for k, v in r.items() if k != "probs"} | {"max_abs_prob_diff": float(max(diffs))})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--variants", default="eager,prefix,compile,compile+prefix,eager+t1,eager+sb2048,eager+sb8192")
     ap.add_argument("--ns", default="10,50")
-    ap.add_argument("--batch-pairs", type=int, default=256)
+    ap.add_argument("--batch-pairs", type=int, help="pairs per batch; default the batcher's DARL_MAX_BATCH_PAIRS")
     ap.add_argument("--batches-per-n", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -155,16 +170,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from relevance_core.prompt import PromptRenderer
     from service.artifacts import load_artifact
+    from service.settings import Settings
 
     model_dir, cache_dir = resolve_model(args.model_dir, Path(tempfile.mkdtemp(prefix="darl-tune-")))
     loaded = load_artifact(model_dir, cache_dir)
     ckpt = loaded.checkpoint_dir
     renderer = PromptRenderer(AutoTokenizer.from_pretrained(ckpt), loaded.manifest.max_length)
-    batches = make_batches(
-        renderer, args.data, [int(x) for x in args.ns.split(",")], args.batch_pairs, args.batches_per_n
-    )
+    batch_pairs = args.batch_pairs or Settings().max_batch_pairs
+    batches = make_batches(renderer, args.data, [int(x) for x in args.ns.split(",")], batch_pairs, args.batches_per_n)
     tokens = {k: float(np.mean([len(x) for kk, b in batches if kk == k for x in b])) for k, _ in batches}
-    results = []
+    results: list[dict] = []
     t0 = time.monotonic()
     load0 = loadavg()
     for name in args.variants.split(","):
@@ -172,31 +187,26 @@ def main(argv: list[str] | None = None) -> int:
         res = asyncio.run(bench_variant(name, ckpt, batches, args.reps))
         print(f"[tune] {name}: {res['pairs_per_s']} (start {res['start_s']} s)", file=sys.stderr, flush=True)
         results.append(res)
-    base = next((r for r in results if r["variant"] == "eager"), results[0])
-    for r in results:
-        diffs = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(r["probs"], base["probs"], strict=True)]
-        r["max_abs_prob_diff"] = float(max(diffs))
-    for r in results:
-        r.pop("probs")
-    report = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": "python -m benchmarks.tune_engine " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine(),
-        "versions": versions(),
-        "model": loaded.manifest.name,
-        "load_at_start": load0,
-        "load_at_end": loadavg(),
-        "busy_at_start": busy,
-        "elapsed_min": round((time.monotonic() - t0) / 60, 1),
-        "batches": {k: sum(1 for kk, _ in batches if kk == k) for k in tokens},
-        "batch_pairs": args.batch_pairs,
-        "mean_tokens": {k: round(v, 1) for k, v in tokens.items()},
-        "reps": args.reps,
-        "diff_against": base["variant"],
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+        # written after every variant, so a variant that stalls (compile) loses nothing measured before it
+        report = {
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "command": "python -m benchmarks.tune_engine " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": machine(),
+            "versions": versions(),
+            "model": loaded.manifest.name,
+            "load_at_start": load0,
+            "load_at_end": loadavg(),
+            "busy_at_start": busy,
+            "elapsed_min": round((time.monotonic() - t0) / 60, 1),
+            "batches": {k: sum(1 for kk, _ in batches if kk == k) for k in tokens},
+            "batch_pairs": batch_pairs,
+            "mean_tokens": {k: round(v, 1) for k, v in tokens.items()},
+            "reps": args.reps,
+            "diff_against": next((r["variant"] for r in results if r["variant"] == "eager"), results[0]["variant"]),
+            "results": with_diffs(results),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({r["variant"]: r["pairs_per_s"] for r in results}, indent=1))
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -289,6 +290,67 @@ def test_report_renders_tables_ratios_targets_and_a_plot(tmp_path: Path) -> None
     darl = next(r for r in rows if r["server"] == "darl-torch")
     assert darl["unloaded_p50"] == pytest.approx(0.55)  # c=1 latencies (0.5, 0.6)
     assert darl["factor"] == pytest.approx((0.6 + 0.3 * 0.99) / 0.55)  # open-loop p99 of (0.6, 0.9)
+
+
+def test_host_steal_is_reported_where_a_run_recorded_it(tmp_path: Path) -> None:
+    run = json.loads(_run_json(tmp_path).read_text())
+    cells = report.server_cells(run["servers"][0])
+    assert cells[("closed", 10, 1)]["steal_share"] is None  # older runs: no column change
+    for w in run["servers"][0]["windows"]:
+        w["foreign_cpu_share"], w["steal_share"] = 0.01, 0.02 * w["rep"]
+    a = report.server_cells(run["servers"][0])[("closed", 10, 1)]
+    assert a["steal_share"] == pytest.approx(0.04)  # the largest over the repetitions
+    assert report.contention(a) == "1 %; steal 4 %"
+    tun = {
+        "command": "python -m benchmarks.tune_engine",
+        "date": "d",
+        "elapsed_min": 1.0,
+        "mean_tokens": {"N=10": 30.0},
+        "batches": {"N=10": 3},
+        "batch_pairs": 64,
+        "reps": 3,
+        "results": [
+            {
+                "variant": "eager",
+                "pairs_per_s": {"N=10": 33.3},
+                "runs": {"N=10": [32.2, 33.3, 34.2]},
+                "start_s": 4.0,
+                "max_abs_prob_diff": 0.0,
+                "foreign_cpu_share_max": 0.006,
+                "steal_share_max": 0.09,
+            }
+        ],
+    }
+    row = report.engine_tuning_section(tun)[-1]
+    assert "| 33.3 (32.2–34.2) |" in row and "1 %; steal 9 %" in row
+
+
+def test_tuning_summary_compares_every_variant_with_the_first_server(tmp_path: Path) -> None:
+    run = json.loads(_run_json(tmp_path).read_text())
+    run["servers"] = run["servers"][:2]  # darl-torch (defaults), then a variant at half the pairs/s
+    run["servers"][1]["settings"] = {"DARL_MAX_BATCH_PAIRS": "32"}
+    rows = report.tuning_summary(run)
+    assert [r["server"] for r in rows] == ["darl-torch", "naive"]
+    assert rows[0]["geomean"] == pytest.approx(1.0) and rows[0]["changed"] == {}
+    # per cell (10c+rep)·10 vs (10c+rep)·20 medians: every ratio is (100c+1)/(200c+1)
+    expected = [(100 * c + 1) / (200 * c + 1) for c in (1, 4, 1, 4)]
+    assert rows[1]["geomean"] == pytest.approx(math.prod(expected) ** 0.25)
+    assert rows[1]["changed"] == {"DARL_MAX_BATCH_PAIRS": "32"} and rows[1]["cells"] == 4
+    text = "\n".join(report.tuning_summary_section(run))
+    assert "Highest closed-loop throughput: **darl-torch**" in text and "The reference is the best measured." in text
+    run["servers"].reverse()  # now the slower one is the reference: the verdict must flip
+    text = "\n".join(report.tuning_summary_section(run))
+    assert "Highest closed-loop throughput: **darl-torch**" in text and "best measured" not in text
+
+
+def test_studies_next_to_the_run_are_rendered_with_their_summary(tmp_path: Path) -> None:
+    js = _run_json(tmp_path)
+    (tmp_path / "study_head_to_head.json").write_text(js.read_text())
+    md, png = tmp_path / "b.md", tmp_path / "b.png"
+    report.write(js, None, md, png)
+    text = md.read_text()
+    section = text.split("## Study: head_to_head")[1]
+    assert "Highest closed-loop throughput: **darl-torch**" in section and "#### N = 10 items per call" in section
 
 
 def test_probability_parsers_map_every_server_to_label_order() -> None:
