@@ -93,7 +93,7 @@ def test_client_disconnect_frees_queued_work(tiny_artifact: Path, cache_dir: Pat
             time.sleep(0.01)
         many = {"query": "q", "items": [{"id": str(i), "title": f"item {i}"} for i in range(5)]}
         sock = raw_post(int(url.rsplit(":", 1)[1]), json.dumps(many).encode())
-        while 'darl_queue_depth_pairs 5.0' not in httpx.get(url + "/metrics").text:
+        while "darl_queue_depth_pairs 5.0" not in httpx.get(url + "/metrics").text:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         sock.close()  # the client goes away while its 5 pairs wait in the queue

@@ -43,8 +43,12 @@ def load_cross_encoder(model_dir: str | Path | None = None) -> tuple[Any, Any]:
 
 
 def encode_pairs(tok: Any, pairs: list[Pair], max_length: int) -> list[list[int]]:
-    enc = tok([p.query for p in pairs], [item_text(p.title, p.description or None) for p in pairs],
-              truncation="only_second", max_length=max_length)
+    enc = tok(
+        [p.query for p in pairs],
+        [item_text(p.title, p.description or None) for p in pairs],
+        truncation="only_second",
+        max_length=max_length,
+    )
     return [list(x) for x in enc["input_ids"]]
 
 
@@ -66,21 +70,37 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
     run_dir.mkdir(parents=True, exist_ok=True)
     train = subsample(splits.train, cfg.finetune.max_train_pairs, cfg.seed + 10)
     t1 = time.perf_counter()
-    info = finetune(model, encode_pairs(tok, train, cfg.max_length), [p.label for p in train], cfg.finetune,
-                    tok.pad_token_id, cfg.seed, ckpt_dir=run_dir / "stage2", progress=progress,
-                    run_id=_run_id(cfg, []))
+    info = finetune(
+        model,
+        encode_pairs(tok, train, cfg.max_length),
+        [p.label for p in train],
+        cfg.finetune,
+        tok.pad_token_id,
+        cfg.seed,
+        ckpt_dir=run_dir / "stage2",
+        progress=progress,
+        run_id=_run_id(cfg, []),
+    )
     train_s = time.perf_counter() - t1
     groups = {}
     for name, pairs in (("id", splits.test_id), ("ood", splits.test_ood)):
         if pairs:
-            _, logits = encode(model, encode_pairs(tok, pairs, cfg.max_length), tok.pad_token_id,
-                               cfg.eval.batch_size, cfg.features.autocast, want_features=False,
-                               desc=f"test {name}", progress=progress)
+            _, logits = encode(
+                model,
+                encode_pairs(tok, pairs, cfg.max_length),
+                tok.pad_token_id,
+                cfg.eval.batch_size,
+                cfg.features.autocast,
+                want_features=False,
+                desc=f"test {name}",
+                progress=progress,
+            )
             groups[name] = (pairs, probs_from_logits(logits))
     metrics = write_report(run_dir / "eval", groups, f"{cfg.name}: MiniLM-L6 cross-encoder", cfg.eval.ece_bins)
     keep = ("n", "accuracy", "macro_f1", "f1_per_class", "ece", "qwk", "ndcg@10", "rmse_hd")
     summary = {
-        "name": cfg.name, "kind": "cross_encoder",
+        "name": cfg.name,
+        "kind": "cross_encoder",
         "id": {k: metrics["id"][k] for k in keep} if "id" in metrics else None,
         "ood": {k: metrics["ood"][k] for k in keep} if "ood" in metrics else None,
         "stage2": {"train_pairs": len(train), "steps": info["steps"], "pairs_per_s": info.get("pairs_per_s")},

@@ -15,19 +15,25 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="run the DaRL stages end to end and export an artifact",
-                       description="Linear probe → DASA → fine-tune → WiSE interpolation → test eval → "
-                       "model_artifacts/<name>/. Rerunning after a kill reuses cached features and "
-                       "resumes fine-tuning from its last checkpoint.")
+    p = sub.add_parser(
+        "train",
+        help="run the DaRL stages end to end and export an artifact",
+        description="Linear probe → DASA → fine-tune → WiSE interpolation → test eval → "
+        "model_artifacts/<name>/. Rerunning after a kill reuses cached features and "
+        "resumes fine-tuning from its last checkpoint.",
+    )
     _config_args(p)
     p.add_argument("--no-export", action="store_true", help="train and evaluate, write no artifact")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("select", help="DASA selection: export pairs to label, or import labelled ones",
-                       description="Scores the unlabeled pool with the OOD detectors and selects the budget. "
-                       "--export writes the selected pairs as CSV with an empty label column; --import "
-                       "validates an annotated CSV and stores it in the run dir for `darl train` "
-                       "with dasa.label_source=import.")
+    p = sub.add_parser(
+        "select",
+        help="DASA selection: export pairs to label, or import labelled ones",
+        description="Scores the unlabeled pool with the OOD detectors and selects the budget. "
+        "--export writes the selected pairs as CSV with an empty label column; --import "
+        "validates an annotated CSV and stores it in the run dir for `darl train` "
+        "with dasa.label_source=import.",
+    )
     _config_args(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--export", type=Path, metavar="CSV", help="write the selected pool pairs for labelling")
@@ -45,9 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("probe-depth", help="probe the head's features at each decoder depth (picks num_layers)",
-                       description="One forward pass over the config's train and val pairs; a linear probe per "
-                       "depth; writes a markdown table (and .json beside it).")
+    p = sub.add_parser(
+        "probe-depth",
+        help="probe the head's features at each decoder depth (picks num_layers)",
+        description="One forward pass over the config's train and val pairs; a linear probe per "
+        "depth; writes a markdown table (and .json beside it).",
+    )
     _config_args(p)
     p.add_argument("--depths", type=int, nargs="+", help="depths to probe (default: every 4th layer and the last)")
     p.add_argument("--out", type=Path, default=Path("docs/depth-probe.md"))
@@ -64,8 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="YAML config, e.g. configs/darl-smollm2.yaml")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set finetune.epochs=2 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set finetune.epochs=2 (repeatable)",
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -90,7 +103,8 @@ def _probe_depth(args: argparse.Namespace) -> int:
     cfg = _load(args)
     result = probe_depths(cfg, args.depths)
     command = f"darl probe-depth --config {args.config}" + (
-        " --depths " + " ".join(map(str, args.depths)) if args.depths else "")
+        " --depths " + " ".join(map(str, args.depths)) if args.depths else ""
+    )
     write(result, args.out, command, machine())
     best = max(result["depths"], key=lambda r: r["objective"])
     print(f"wrote {args.out}; best num_layers={best['num_layers']} (objective {best['objective']:.4f})")
@@ -110,16 +124,26 @@ def _select(args: argparse.Namespace) -> int:
         added = import_labels(args.import_, load_splits(cfg).pool)
         cfg.run_path.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.import_, cfg.run_path / "imported_labels.csv")
-        print(f"imported {len(added)} labelled pairs into {cfg.run_path / 'imported_labels.csv'}; "
-              f"train with --set dasa.label_source=import")
+        print(
+            f"imported {len(added)} labelled pairs into {cfg.run_path / 'imported_labels.csv'}; "
+            f"train with --set dasa.label_source=import"
+        )
         return 0
     ctx = prepare(cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"enabled": False})}))
     stage1(ctx)
     dasa(ctx, labels_csv=args.export)
     args.export.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ctx.run_dir / "selection.csv", args.export)
-    print(json.dumps({"export": str(args.export), "ood_auroc": ctx.results.get("ood_auroc"),
-                      "selection": ctx.results.get("selection")}, indent=2))
+    print(
+        json.dumps(
+            {
+                "export": str(args.export),
+                "ood_auroc": ctx.results.get("ood_auroc"),
+                "selection": ctx.results.get("selection"),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -143,9 +167,17 @@ def _eval(args: argparse.Namespace) -> int:
     for i, (name, pairs) in enumerate(sorted(groups.items())):
         pairs = subsample(pairs, args.max_pairs, seed=i)
         scored[name] = (pairs, predict(model, tok, pairs, manifest.max_length, args.batch_size, args.dtype, desc=name))
-    metrics = write_report(args.out, scored, f"{manifest.name} ({manifest.version})",
-                           extra={"model": manifest.name, "version": manifest.version,
-                                  "data": [str(p) for p in args.data], "split": args.split})
+    metrics = write_report(
+        args.out,
+        scored,
+        f"{manifest.name} ({manifest.version})",
+        extra={
+            "model": manifest.name,
+            "version": manifest.version,
+            "data": [str(p) for p in args.data],
+            "split": args.split,
+        },
+    )
     from training.evaluate import markdown_table
 
     print(markdown_table(metrics))

@@ -30,8 +30,14 @@ log = logging.getLogger(__name__)
 UNLABELED = -1
 REQUIRED_FIELDS = ("query", "item_title")
 KNOWN_FIELDS = (
-    "pair_id", "query", "item_title", "item_description", "label", "raw_relevance",
-    "source", "split",
+    "pair_id",
+    "query",
+    "item_title",
+    "item_description",
+    "label",
+    "raw_relevance",
+    "source",
+    "split",
 )
 OnError = Literal["skip", "error"]
 
@@ -245,12 +251,19 @@ def write_pairs_csv(pairs: Iterable[Pair], path: str | Path, extra: dict[str, Se
         w = csv.writer(fh)
         w.writerow([*KNOWN_FIELDS, *extra])
         for i, p in enumerate(pairs):
-            w.writerow([
-                p.pair_id, p.query, p.title, p.description,
-                LABELS[p.label] if p.labeled else "",
-                "" if p.raw_relevance is None else p.raw_relevance, p.source, p.split,
-                *(col[i] for col in extra.values()),
-            ])
+            w.writerow(
+                [
+                    p.pair_id,
+                    p.query,
+                    p.title,
+                    p.description,
+                    LABELS[p.label] if p.labeled else "",
+                    "" if p.raw_relevance is None else p.raw_relevance,
+                    p.source,
+                    p.split,
+                    *(col[i] for col in extra.values()),
+                ]
+            )
 
 
 def render_pairs(renderer: PromptRenderer, pairs: Sequence[Pair]) -> tuple[list[tuple[int, ...]], list[bool]]:

@@ -40,13 +40,22 @@ def merged(model: Any) -> Iterator[Any]:
         model.unmerge_adapter()
 
 
-def predict(model: Any, tok: Any, pairs: Sequence[Pair], max_length: int, batch_size: int = 64,
-            dtype: str = "bfloat16", desc: str = "eval", progress: bool = True) -> np.ndarray:
+def predict(
+    model: Any,
+    tok: Any,
+    pairs: Sequence[Pair],
+    max_length: int,
+    batch_size: int = 64,
+    dtype: str = "bfloat16",
+    desc: str = "eval",
+    progress: bool = True,
+) -> np.ndarray:
     """Probabilities ``[N, 3]`` for ``pairs`` rendered with the shared template."""
     seqs, _ = render_pairs(PromptRenderer(tok, max_length), pairs)
     with merged(model):
-        _, logits = encode(model, seqs, pad_id(tok), batch_size, dtype, want_features=False, desc=desc,
-                           progress=progress)
+        _, logits = encode(
+            model, seqs, pad_id(tok), batch_size, dtype, want_features=False, desc=desc, progress=progress
+        )
     return probs_from_logits(logits)
 
 
@@ -78,8 +87,13 @@ def markdown_table(rows: dict[str, dict[str, Any]], keys: Sequence[str] = SUMMAR
     return "\n".join(lines)
 
 
-def write_report(out_dir: Path, groups: dict[str, tuple[Sequence[Pair], np.ndarray]], title: str,
-                 n_bins: int = 15, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_report(
+    out_dir: Path,
+    groups: dict[str, tuple[Sequence[Pair], np.ndarray]],
+    title: str,
+    n_bins: int = 15,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """metrics.json, report.md and PNG plots for every group; returns the metrics."""
     import matplotlib
 

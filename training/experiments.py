@@ -60,8 +60,14 @@ def run_variant(base_config: Path, name: str, seed: int, overrides: dict[str, An
             log.info("experiment %s seed %d: reusing %s", name, seed, done)
             return old
         stale = run_dir.with_name(f"{run_dir.name}.stale-{old.get('config_sha', 'unknown')}")
-        log.warning("experiment %s seed %d: config changed (%s → %s); running again, old run kept in %s",
-                    name, seed, old.get("config_sha"), sha, stale)
+        log.warning(
+            "experiment %s seed %d: config changed (%s → %s); running again, old run kept in %s",
+            name,
+            seed,
+            old.get("config_sha"),
+            sha,
+            stale,
+        )
         shutil.rmtree(stale, ignore_errors=True)
         run_dir.rename(stale)
     if kind == "cross_encoder":
@@ -136,25 +142,39 @@ METHOD_NOTES = """\
 
 
 def _mean(rows: list[dict[str, Any]], variant: str, split: str, metric: str) -> float | None:
-    vals = [r["summary"][split][metric] for r in rows
-            if r["variant"] == variant and (r["summary"].get(split) or {}).get(metric) is not None]
+    vals = [
+        r["summary"][split][metric]
+        for r in rows
+        if r["variant"] == variant and (r["summary"].get(split) or {}).get(metric) is not None
+    ]
     return sum(vals) / len(vals) if vals else None
 
 
 def targets_section(rows: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
     """The issue's targets, each computed from the table's rows (means over seeds) and marked met or not."""
     sft, darl, base = names.get("sft", "sft"), names.get("darl", "full-darl"), names.get("baseline")
-    m = {(v, sp, k): _mean(rows, v, sp, k) for v in (sft, darl, base) if v
-         for sp in ("id", "ood") for k in ("macro_f1", "ece")}
+    m = {
+        (v, sp, k): _mean(rows, v, sp, k)
+        for v in (sft, darl, base)
+        if v
+        for sp in ("id", "ood")
+        for k in ("macro_f1", "ece")
+    }
     checks: list[tuple[str, float | None, str, bool | None]] = []
 
     def add(what: str, value: float | None, target: str, ok: Any) -> None:
         checks.append((what, value, target, None if value is None else bool(ok(value))))
 
-    d_ood = None if None in (m[(darl, "ood", "macro_f1")], m[(sft, "ood", "macro_f1")]) else (
-        m[(darl, "ood", "macro_f1")] - m[(sft, "ood", "macro_f1")])
-    d_id = None if None in (m[(darl, "id", "macro_f1")], m[(sft, "id", "macro_f1")]) else (
-        m[(darl, "id", "macro_f1")] - m[(sft, "id", "macro_f1")])
+    d_ood = (
+        None
+        if None in (m[(darl, "ood", "macro_f1")], m[(sft, "ood", "macro_f1")])
+        else (m[(darl, "ood", "macro_f1")] - m[(sft, "ood", "macro_f1")])
+    )
+    d_id = (
+        None
+        if None in (m[(darl, "id", "macro_f1")], m[(sft, "id", "macro_f1")])
+        else (m[(darl, "id", "macro_f1")] - m[(sft, "id", "macro_f1")])
+    )
     add(f"OOD macro-F1, {darl} − {sft} (points)", None if d_ood is None else 100 * d_ood, "≥ +5", lambda v: v >= 5)
     add(f"ID macro-F1, {darl} − {sft} (points)", None if d_id is None else 100 * d_id, "≥ −0.5", lambda v: v >= -0.5)
     add(f"ID ECE, {darl}", m[(darl, "id", "ece")], "≤ 0.05", lambda v: v <= 0.05)
@@ -162,19 +182,34 @@ def targets_section(rows: list[dict[str, Any]], names: dict[str, str]) -> list[s
     if base:
         for sp in ("id", "ood"):
             a, b = m[(darl, sp, "macro_f1")], m[(base, sp, "macro_f1")]
-            add(f"{sp.upper()} macro-F1, {darl} − {base} (points)", None if None in (a, b) else 100 * (a - b),
-                "> 0", lambda v: v > 0)
-    lines = ["### Targets", "", "Means over each variant's seeds, from the rows above.", "",
-             "| target | measured | wanted | met |", "|---|---|---|---|"]
+            add(
+                f"{sp.upper()} macro-F1, {darl} − {base} (points)",
+                None if None in (a, b) else 100 * (a - b),
+                "> 0",
+                lambda v: v > 0,
+            )
+    lines = [
+        "### Targets",
+        "",
+        "Means over each variant's seeds, from the rows above.",
+        "",
+        "| target | measured | wanted | met |",
+        "|---|---|---|---|",
+    ]
     for what, value, target, ok in checks:
         shown = "–" if value is None else f"{value:+.1f}" if "points" in what else f"{value:.3f}"
         lines.append(f"| {what} | {shown} | {target} | {'–' if ok is None else 'yes' if ok else 'no'} |")
     return [*lines, ""]
 
 
-def results_markdown(rows: list[dict[str, Any]], spec_path: Path, artifact_dir: Path | None = None,
-                     pending: list[str] | None = None, target_names: dict[str, str] | None = None,
-                     notes: str | None = None) -> str:
+def results_markdown(
+    rows: list[dict[str, Any]],
+    spec_path: Path,
+    artifact_dir: Path | None = None,
+    pending: list[str] | None = None,
+    target_names: dict[str, str] | None = None,
+    notes: str | None = None,
+) -> str:
     lines = ["# Results", ""]
     if artifact_dir is not None and (artifact_dir / "manifest.json").is_file():
         lines += artifact_section(artifact_dir)
@@ -186,8 +221,11 @@ def results_markdown(rows: list[dict[str, Any]], spec_path: Path, artifact_dir: 
         "ID = Home Depot `test`, OOD = CrowdFlower `test` (sizes in the `n` columns). "
         "Every number below comes from the run named in its row (`runs/experiments/<variant>-s<seed>/summary.json`).",
         "",
-        "| variant | seed | n ID | n OOD | " + " | ".join(f"ID {c}" for c in COLUMNS) + " | "
-        + " | ".join(f"OOD {c}" for c in COLUMNS if c != "rmse_hd") + " | wall s | machine |",
+        "| variant | seed | n ID | n OOD | "
+        + " | ".join(f"ID {c}" for c in COLUMNS)
+        + " | "
+        + " | ".join(f"OOD {c}" for c in COLUMNS if c != "rmse_hd")
+        + " | wall s | machine |",
         "|---" * (5 + len(COLUMNS) * 2 - 1 + 1) + "|",
     ]
     for r in rows:
@@ -195,8 +233,10 @@ def results_markdown(rows: list[dict[str, Any]], spec_path: Path, artifact_dir: 
         i, o = s.get("id") or {}, s.get("ood") or {}
         lines.append(
             f"| {r['variant']} | {r['seed']} | {i.get('n', '–')} | {o.get('n', '–')} | "
-            + " | ".join(_fmt(i.get(c)) for c in COLUMNS) + " | "
-            + " | ".join(_fmt(o.get(c)) for c in COLUMNS if c != "rmse_hd") + " | "
+            + " | ".join(_fmt(i.get(c)) for c in COLUMNS)
+            + " | "
+            + " | ".join(_fmt(o.get(c)) for c in COLUMNS if c != "rmse_hd")
+            + " | "
             + f"{(s.get('timings_s') or {}).get('total', '–')} | {s.get('machine', '–')} |"
         )
     if pending:
@@ -214,8 +254,9 @@ def results_markdown(rows: list[dict[str, Any]], spec_path: Path, artifact_dir: 
     return "\n".join(lines) + "\n"
 
 
-def run_experiments(spec_path: Path, out: Path, only: list[str] | None = None,
-                    overrides: dict[str, Any] | None = None, run: bool = True) -> list[dict[str, Any]]:
+def run_experiments(
+    spec_path: Path, out: Path, only: list[str] | None = None, overrides: dict[str, Any] | None = None, run: bool = True
+) -> list[dict[str, Any]]:
     """Run every variant × seed of ``spec_path`` and write the table to ``out``.
 
     ``only``: run just these variants (finished runs of the others stay in the table);
@@ -241,8 +282,14 @@ def run_experiments(spec_path: Path, out: Path, only: list[str] | None = None,
             done = runs_dir / f"{v['name']}-s{seed}" / "summary.json"
             if not run or (only and v["name"] not in only):
                 if done.is_file():  # keep finished runs of other variants in the table
-                    rows.append({"variant": v["name"], "seed": seed, "summary": json.loads(done.read_text()),
-                                 "overrides": v.get("set") or {}})
+                    rows.append(
+                        {
+                            "variant": v["name"],
+                            "seed": seed,
+                            "summary": json.loads(done.read_text()),
+                            "overrides": v.get("set") or {},
+                        }
+                    )
                 continue
             log.info("experiment %s seed %d", v["name"], seed)
             summary = run_variant(base, v["name"], seed, over, runs_dir)
@@ -253,8 +300,15 @@ def run_experiments(spec_path: Path, out: Path, only: list[str] | None = None,
     return rows
 
 
-def _write(out: Path, rows: list[dict[str, Any]], spec_path: Path, artifact: Path | None,
-           all_runs: list[str], target_names: dict[str, str] | None = None, notes: str | None = None) -> None:
+def _write(
+    out: Path,
+    rows: list[dict[str, Any]],
+    spec_path: Path,
+    artifact: Path | None,
+    all_runs: list[str],
+    target_names: dict[str, str] | None = None,
+    notes: str | None = None,
+) -> None:
     done = {f"{r['variant']}-s{r['seed']}" for r in rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     pending = [r for r in all_runs if r not in done]

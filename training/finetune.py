@@ -105,11 +105,16 @@ def finetune(
     ckpt = ckpt_dir / CKPT_NAME if ckpt_dir else None
     state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt is not None and ckpt.is_file() else None
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if state is not None and (state.get("run_id", "") != run_id or state["total_steps"] != total_steps
-                              or set(state["trainable"]) != trainable):
+    if state is not None and (
+        state.get("run_id", "") != run_id or state["total_steps"] != total_steps or set(state["trainable"]) != trainable
+    ):
         stale = ckpt.with_name(f"{ckpt.stem}.stale{ckpt.suffix}")
-        log.warning("%s belongs to a different run (config or trainable weights changed): moved to %s; "
-                    "stage 2 starts from scratch", ckpt, stale.name)
+        log.warning(
+            "%s belongs to a different run (config or trainable weights changed): moved to %s; "
+            "stage 2 starts from scratch",
+            ckpt,
+            stale.name,
+        )
         ckpt.replace(stale)
         state = None
     if state is not None:
@@ -126,17 +131,26 @@ def finetune(
 
     def checkpoint() -> None:
         if ckpt is not None:
-            _save(ckpt, {
-                "step": step, "total_steps": total_steps, "history": history, "run_id": run_id,
-                "trainable": trainable_state(model), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-            })
+            _save(
+                ckpt,
+                {
+                    "step": step,
+                    "total_steps": total_steps,
+                    "history": history,
+                    "run_id": run_id,
+                    "trainable": trainable_state(model),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": torch.get_rng_state(),
+                },
+            )
 
     model.train()
     done_this_call, pairs, t0 = 0, 0, time.perf_counter()
     remaining = batches[step * cfg.grad_accum :]
-    bar = tqdm(total=sum(len(b) for b in remaining), desc="stage 2", unit="pair",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(len(b) for b in remaining), desc="stage 2", unit="pair", disable=not progress, dynamic_ncols=True
+    )
     try:
         for s in range(step, total_steps):
             micro = batches[s * cfg.grad_accum : (s + 1) * cfg.grad_accum]
@@ -173,5 +187,11 @@ def finetune(
         bar.close()
         model.eval()
     seconds = time.perf_counter() - t0
-    return {"history": history, "steps": step, "total_steps": total_steps, "pairs": pairs, "seconds": seconds,
-            "pairs_per_s": pairs / seconds if seconds else None}
+    return {
+        "history": history,
+        "steps": step,
+        "total_steps": total_steps,
+        "pairs": pairs,
+        "seconds": seconds,
+        "pairs_per_s": pairs / seconds if seconds else None,
+    }

@@ -115,10 +115,12 @@ def compute_metrics(
     if queries is not None:
         out["ndcg@10"] = ndcg_at_k(queries, labels, grade, 10)
     if raw_relevance is not None:
-        m = np.array([
-            r is not None and (sources is None or s == "homedepot")
-            for r, s in zip(raw_relevance, sources or [None] * len(raw_relevance), strict=True)
-        ])
+        m = np.array(
+            [
+                r is not None and (sources is None or s == "homedepot")
+                for r, s in zip(raw_relevance, sources or [None] * len(raw_relevance), strict=True)
+            ]
+        )
         if m.any():
             raw = np.array([r for r, keep in zip(raw_relevance, m, strict=True) if keep], dtype=np.float64)
             out["rmse_hd"] = float(np.sqrt(np.mean((1.0 + grade[m] - raw) ** 2)))
@@ -127,6 +129,7 @@ def compute_metrics(
 
 def objective(name: str, id_metrics: dict[str, Any], ood_metrics: dict[str, Any] | None) -> float:
     """Scalar to maximise when picking the interpolation coefficient."""
+
     def mean(key: str) -> float:
         vals = [m[key] for m in (id_metrics, ood_metrics) if m]
         return float(np.mean(vals))

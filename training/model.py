@@ -24,8 +24,9 @@ def pad_id(tok: Any) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
-def attach_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: list[str],
-                top_layers: int | None = None) -> Any:
+def attach_lora(
+    model: Any, r: int, alpha: int, dropout: float, target_modules: list[str], top_layers: int | None = None
+) -> Any:
     """Wrap ``model`` with a fresh LoRA adapter (B = 0, so it starts as a zero delta).
 
     ``top_layers``: adapt only the last k decoder layers, so backward stops below them (cheaper on CPU).
@@ -38,8 +39,14 @@ def attach_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: 
         if top_layers > n:
             raise ValueError(f"lora.top_layers={top_layers} but the model has {n} layers")
         layers = list(range(n - top_layers, n))
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none",
-                     layers_to_transform=layers)
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        bias="none",
+        layers_to_transform=layers,
+    )
     peft_model = get_peft_model(model, cfg)
     for p in head_module(peft_model).parameters():
         p.requires_grad_(True)
@@ -49,8 +56,9 @@ def attach_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: 
 def prepare_trainable(model: Any, method: str, lora_cfg: Any) -> Any:
     """``lora``: adapter + head train; ``full``: everything trains; ``none``: head only."""
     if method == "lora":
-        return attach_lora(model, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout, list(lora_cfg.target_modules),
-                           lora_cfg.top_layers)
+        return attach_lora(
+            model, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout, list(lora_cfg.target_modules), lora_cfg.top_layers
+        )
     for p in model.parameters():
         p.requires_grad_(method == "full")
     for p in head_module(model).parameters():

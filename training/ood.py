@@ -110,8 +110,12 @@ class DasaScorer:
         maha = Mahalanobis.fit(train_feats, train_labels, shrinkage)
         knn = KNN.fit(train_feats, k)
         return cls(
-            maha, knn, ZNorm.fit(maha.score(ref_feats)), ZNorm.fit(knn.score(ref_feats)),
-            maha_weight, knn_weight,
+            maha,
+            knn,
+            ZNorm.fit(maha.score(ref_feats)),
+            ZNorm.fit(knn.score(ref_feats)),
+            maha_weight,
+            knn_weight,
         )
 
     def scores(self, feats: np.ndarray) -> dict[str, np.ndarray]:

@@ -101,8 +101,15 @@ def prepare(cfg: TrainConfig, progress: bool = True) -> Context:
     np.random.seed(cfg.seed)
     ctx = Context(cfg=cfg, splits=load_splits(cfg), progress=progress)
     s = ctx.splits
-    log.info("data: train %d, pool %d, val %d+%d, test %d+%d", len(s.train), len(s.pool),
-             len(s.val_id), len(s.val_ood), len(s.test_id), len(s.test_ood))
+    log.info(
+        "data: train %d, pool %d, val %d+%d, test %d+%d",
+        len(s.train),
+        len(s.pool),
+        len(s.val_id),
+        len(s.val_ood),
+        len(s.test_id),
+        len(s.test_ood),
+    )
     ctx.base_dir = ensure_base_model(cfg.base_ref())
     ctx.model, ctx.tok = load_classifier(ctx.base_dir, cfg.num_layers)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,8 +132,16 @@ def _features(ctx: Context, name: str, pairs: list[Pair]) -> np.ndarray:
 
     identity = f"{ctx.base_dir}|{ctx.cfg.base_ref().sha256}|{ctx.cfg.max_length}|layers={ctx.cfg.num_layers}"
     cache = ctx.cfg.path(ctx.cfg.features.cache_dir) if ctx.cfg.features.cache_dir else ctx.run_dir / "features"
-    return cached_features(cache, name, ctx.model, _seqs(ctx, pairs), pad_id(ctx.tok),
-                           ctx.cfg.features.batch_size, ctx.cfg.features.autocast, identity)
+    return cached_features(
+        cache,
+        name,
+        ctx.model,
+        _seqs(ctx, pairs),
+        pad_id(ctx.tok),
+        ctx.cfg.features.batch_size,
+        ctx.cfg.features.autocast,
+        identity,
+    )
 
 
 def stage1(ctx: Context) -> None:
@@ -158,8 +173,11 @@ def fit_head(ctx: Context, added: list[Pair]) -> None:
         if added:
             x = np.concatenate([x, _features(ctx, "selected", added)])
             y = np.concatenate([y, [p.label for p in added]])
-        val = {name: (f[f"val_{name}"], np.array([p.label for p in pairs]))
-               for name, pairs in (("id", s.val_id), ("ood", s.val_ood)) if pairs}
+        val = {
+            name: (f[f"val_{name}"], np.array([p.label for p in pairs]))
+            for name, pairs in (("id", s.val_id), ("ood", s.val_ood))
+            if pairs
+        }
         best = select_probe(x, y, val, cfg.probe, cfg.interpolate.objective, cfg.seed)
         set_head(ctx.model, best["weight"], best["bias"])
         np.savez(ctx.run_dir / "probe_head.npz", weight=best["weight"])
@@ -181,8 +199,15 @@ def dasa(ctx: Context, labels_csv: Path | None = None) -> list[Pair]:
         if dc.strategy == "dasa":
             f = ctx.results["feats"]
             pool_feats = _features(ctx, "pool", pool)
-            scorer = DasaScorer.fit(f["train"], np.array([p.label for p in s.train]), f["val_id"],
-                                    dc.shrinkage, dc.knn_k, dc.mahalanobis_weight, dc.knn_weight)
+            scorer = DasaScorer.fit(
+                f["train"],
+                np.array([p.label for p in s.train]),
+                f["val_id"],
+                dc.shrinkage,
+                dc.knn_k,
+                dc.mahalanobis_weight,
+                dc.knn_weight,
+            )
             all_scores = scorer.scores(pool_feats)
             is_ood = np.array([p.source in s.ood_sources for p in pool])
             ctx.results["ood_auroc"] = {k: auroc(v, is_ood) for k, v in all_scores.items()}
@@ -194,7 +219,9 @@ def dasa(ctx: Context, labels_csv: Path | None = None) -> list[Pair]:
         chosen = [pool[i] for i in idx]
         chosen_scores = [float(scores[i]) if scores is not None else float("nan") for i in idx]
         ctx.results["selection"] = {
-            "strategy": dc.strategy, "budget": dc.budget, "selected": len(chosen),
+            "strategy": dc.strategy,
+            "budget": dc.budget,
+            "selected": len(chosen),
             "ood_fraction": float(np.mean([p.source in s.ood_sources for p in chosen])) if chosen else 0.0,
             "queries": len({p.query for p in chosen}),
         }
@@ -208,7 +235,8 @@ def dasa(ctx: Context, labels_csv: Path | None = None) -> list[Pair]:
             if not path.is_file():
                 raise FileNotFoundError(
                     f"{path} not found: run `darl select --config … --export FILE`, label FILE, "
-                    "then `darl select --config … --import FILE`")
+                    "then `darl select --config … --import FILE`"
+                )
             added = import_labels(path, s.pool)
         else:
             added = reveal(chosen, {p.pair_id: p for p in s.pool})
@@ -237,15 +265,27 @@ def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None)
     s1 = trainable_state(ctx.model)
     train = subsample(ctx.splits.train, fc.max_train_pairs, cfg.seed + 10) + list(added)
     with ctx.timed("stage2_finetune"):
-        info = finetune(ctx.model, _seqs(ctx, train), [p.label for p in train], fc, pad_id(ctx.tok), cfg.seed,
-                        ckpt_dir=ctx.run_dir / "stage2", stop_after_steps=stop_after_steps, progress=ctx.progress,
-                        run_id=_run_id(cfg, added))
+        info = finetune(
+            ctx.model,
+            _seqs(ctx, train),
+            [p.label for p in train],
+            fc,
+            pad_id(ctx.tok),
+            cfg.seed,
+            ckpt_dir=ctx.run_dir / "stage2",
+            stop_after_steps=stop_after_steps,
+            progress=ctx.progress,
+            run_id=_run_id(cfg, added),
+        )
     if info["steps"] < info.get("total_steps", info["steps"]):
         raise InterruptedError(f"stage 2 stopped at step {info['steps']}/{info['total_steps']}")
     hist = info["history"]
     ctx.results["stage2"] = {
-        "train_pairs": len(train), "dasa_pairs": len(added), "steps": info["steps"],
-        "pairs_per_s": info.get("pairs_per_s"), "final_loss": hist[-1]["loss"] if hist else None,
+        "train_pairs": len(train),
+        "dasa_pairs": len(added),
+        "steps": info["steps"],
+        "pairs_per_s": info.get("pairs_per_s"),
+        "final_loss": hist[-1]["loss"] if hist else None,
         "first_loss": hist[0]["loss"] if hist else None,
     }
     (ctx.run_dir / "stage2_history.json").write_text(json.dumps(hist) + "\n")
@@ -285,8 +325,16 @@ def stage3(ctx: Context, states: tuple[dict, dict] | None) -> None:
                 # times that head, no forward pass needed.
                 probs = probs_from_logits(head_logits(feats[f"val_{name}"], s1[head_key].float().numpy()))
             elif pairs:
-                probs = predict(ctx.model, ctx.tok, pairs, cfg.max_length, cfg.eval.batch_size,
-                                cfg.features.autocast, desc=f"val c={c:g} {name}", progress=ctx.progress)
+                probs = predict(
+                    ctx.model,
+                    ctx.tok,
+                    pairs,
+                    cfg.max_length,
+                    cfg.eval.batch_size,
+                    cfg.features.autocast,
+                    desc=f"val c={c:g} {name}",
+                    progress=ctx.progress,
+                )
             else:
                 continue
             val_probs.setdefault(c, {})[name] = probs
@@ -319,8 +367,10 @@ def _calibrate(ctx: Context, probs_by_domain: dict[str, np.ndarray]) -> None:
     report: dict[str, Any] = {"temperature": round(t, 4)}
     for d in doms:
         scaled = probs_from_logits(np.log(np.clip(probs_by_domain[d], 1e-12, 1.0)) / t)
-        report[f"val_ece_{d}"] = {"before": compute_metrics(probs_by_domain[d], labels[d], n_bins=bins)["ece"],
-                                  "after": compute_metrics(scaled, labels[d], n_bins=bins)["ece"]}
+        report[f"val_ece_{d}"] = {
+            "before": compute_metrics(probs_by_domain[d], labels[d], n_bins=bins)["ece"],
+            "after": compute_metrics(scaled, labels[d], n_bins=bins)["ece"],
+        }
     ctx.results["calibration"] = report
     log.info("temperature scaling: %s", report)
 
@@ -352,8 +402,19 @@ def evaluate_test(ctx: Context) -> dict[str, Any]:
         groups = {}
         for name, pairs in (("id", s.test_id), ("ood", s.test_ood)):
             if pairs:
-                groups[name] = (pairs, predict(ctx.model, ctx.tok, pairs, cfg.max_length, cfg.eval.batch_size,
-                                               cfg.features.autocast, desc=f"test {name}", progress=ctx.progress))
+                groups[name] = (
+                    pairs,
+                    predict(
+                        ctx.model,
+                        ctx.tok,
+                        pairs,
+                        cfg.max_length,
+                        cfg.eval.batch_size,
+                        cfg.features.autocast,
+                        desc=f"test {name}",
+                        progress=ctx.progress,
+                    ),
+                )
         return write_report(ctx.run_dir / "eval", groups, f"{cfg.name}: test metrics", cfg.eval.ece_bins)
 
 
@@ -378,8 +439,9 @@ def machine() -> str:
     return out
 
 
-def run(cfg: TrainConfig, export: bool = True, progress: bool = True,
-        stop_after_steps: int | None = None) -> dict[str, Any]:
+def run(
+    cfg: TrainConfig, export: bool = True, progress: bool = True, stop_after_steps: int | None = None
+) -> dict[str, Any]:
     """All stages; returns the summary also written to ``<run_dir>/summary.json``."""
     from training.export import export_artifact
 
@@ -410,11 +472,25 @@ def run(cfg: TrainConfig, export: bool = True, progress: bool = True,
     metrics["machine"] = machine()
     fp = data_fingerprint(cfg, ctx.splits)
     if export:
-        export_artifact(ctx.model, ctx.tok, cfg.output_path, cfg.name, cfg.base_ref(), cfg.max_length,
-                        cfg.for_manifest(), fp, metrics, head_only=cfg.finetune.method == "none",
-                        num_layers=cfg.num_layers)
+        export_artifact(
+            ctx.model,
+            ctx.tok,
+            cfg.output_path,
+            cfg.name,
+            cfg.base_ref(),
+            cfg.max_length,
+            cfg.for_manifest(),
+            fp,
+            metrics,
+            head_only=cfg.finetune.method == "none",
+            num_layers=cfg.num_layers,
+        )
         log.info("wrote artifact %s", cfg.output_path)
-    summary = {"name": cfg.name, "artifact": str(cfg.output_path) if export else None, "data_fingerprint": fp,
-               **metrics}
+    summary = {
+        "name": cfg.name,
+        "artifact": str(cfg.output_path) if export else None,
+        "data_fingerprint": fp,
+        **metrics,
+    }
     (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary | {"_context": ctx}

@@ -44,8 +44,15 @@ def fit_probe(
     w = torch.zeros(NUM_LABELS, x.shape[1], requires_grad=True)
     b = torch.zeros(NUM_LABELS, requires_grad=with_bias)
     params = [w, b] if with_bias else [w]
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20)
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=max_iter,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        history_size=20,
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()

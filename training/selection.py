@@ -54,9 +54,7 @@ def reveal(selected: Sequence[Pair], truth: dict[str, Pair]) -> list[Pair]:
 
 def export_for_labelling(selected: Sequence[Pair], scores: Sequence[float], path: str | Path) -> None:
     """CSV in the data schema with an empty ``label`` column for annotators to fill."""
-    write_pairs_csv(
-        [replace(p, label=-1) for p in selected], path, extra={"ood_score": [f"{s:.4f}" for s in scores]}
-    )
+    write_pairs_csv([replace(p, label=-1) for p in selected], path, extra={"ood_score": [f"{s:.4f}" for s in scores]})
 
 
 def import_labels(path: str | Path, pool: Sequence[Pair]) -> list[Pair]:

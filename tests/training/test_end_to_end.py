@@ -125,8 +125,9 @@ def test_resume_gives_same_weights(tmp_path: Path, data_root: Path, tiny_base_di
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_another_config_is_set_aside_not_resumed(tmp_path: Path, data_root: Path,
-                                                                   tiny_base_dir: Path) -> None:
+def test_a_checkpoint_of_another_config_is_set_aside_not_resumed(
+    tmp_path: Path, data_root: Path, tiny_base_dir: Path
+) -> None:
     """A run killed mid stage 2, then rerun in the same directory with another config, starts over."""
     from training.pipeline import run
 

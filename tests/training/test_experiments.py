@@ -65,9 +65,13 @@ def test_targets_are_computed_from_the_rows_means_over_seeds() -> None:
         split = {"macro_f1": ood_f1, "ece": ece}
         return {"variant": variant, "seed": seed, "summary": {"id": {"macro_f1": id_f1, "ece": ece}, "ood": split}}
 
-    rows = [row("sft", 1, 0.50, 0.30), row("sft", 2, 0.52, 0.32),
-            row("full-darl", 1, 0.50, 0.40, ece=0.09), row("full-darl", 2, 0.50, 0.38, ece=0.09),
-            row("minilm", 1, 0.55, 0.20)]
+    rows = [
+        row("sft", 1, 0.50, 0.30),
+        row("sft", 2, 0.52, 0.32),
+        row("full-darl", 1, 0.50, 0.40, ece=0.09),
+        row("full-darl", 2, 0.50, 0.38, ece=0.09),
+        row("minilm", 1, 0.55, 0.20),
+    ]
     text = "\n".join(targets_section(rows, {"sft": "sft", "darl": "full-darl", "baseline": "minilm"}))
     assert "| OOD macro-F1, full-darl − sft (points) | +8.0 | ≥ +5 | yes |" in text
     assert "| ID macro-F1, full-darl − sft (points) | -1.0 | ≥ −0.5 | no |" in text
