@@ -144,6 +144,23 @@ def _features(ctx: Context, name: str, pairs: list[Pair]) -> np.ndarray:
     )
 
 
+def _predict(ctx: Context, pairs: list[Pair], desc: str) -> np.ndarray:
+    """Probabilities of the model as it stands (eval batch size and autocast of the config)."""
+    from training.evaluate import predict
+
+    cfg = ctx.cfg
+    return predict(
+        ctx.model,
+        ctx.tok,
+        pairs,
+        cfg.max_length,
+        cfg.eval.batch_size,
+        cfg.features.autocast,
+        desc=desc,
+        progress=ctx.progress,
+    )
+
+
 def stage1(ctx: Context) -> None:
     """Features of train/val(/pool) once, then the probe on the frozen backbone.
 
@@ -295,7 +312,7 @@ def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None)
 def stage3(ctx: Context, states: tuple[dict, dict] | None) -> None:
     """Pick the interpolation coefficient on ID+OOD val and apply it."""
     from relevance_core.postprocess import probs_from_logits
-    from training.evaluate import metrics_for, predict
+    from training.evaluate import metrics_for
     from training.interpolate import interpolate_state, pick_coefficient
     from training.metrics import objective
     from training.model import load_trainable_state
@@ -325,16 +342,7 @@ def stage3(ctx: Context, states: tuple[dict, dict] | None) -> None:
                 # times that head, no forward pass needed.
                 probs = probs_from_logits(head_logits(feats[f"val_{name}"], s1[head_key].float().numpy()))
             elif pairs:
-                probs = predict(
-                    ctx.model,
-                    ctx.tok,
-                    pairs,
-                    cfg.max_length,
-                    cfg.eval.batch_size,
-                    cfg.features.autocast,
-                    desc=f"val c={c:g} {name}",
-                    progress=ctx.progress,
-                )
+                probs = _predict(ctx, pairs, f"val c={c:g} {name}")
             else:
                 continue
             val_probs.setdefault(c, {})[name] = probs
@@ -395,26 +403,14 @@ def _plot_curve(path: Path, curve: list[dict]) -> None:
 
 
 def evaluate_test(ctx: Context) -> dict[str, Any]:
-    from training.evaluate import predict, write_report
+    from training.evaluate import write_report
 
     cfg, s = ctx.cfg, ctx.splits
     with ctx.timed("test_eval"):
         groups = {}
         for name, pairs in (("id", s.test_id), ("ood", s.test_ood)):
             if pairs:
-                groups[name] = (
-                    pairs,
-                    predict(
-                        ctx.model,
-                        ctx.tok,
-                        pairs,
-                        cfg.max_length,
-                        cfg.eval.batch_size,
-                        cfg.features.autocast,
-                        desc=f"test {name}",
-                        progress=ctx.progress,
-                    ),
-                )
+                groups[name] = (pairs, _predict(ctx, pairs, f"test {name}"))
         return write_report(ctx.run_dir / "eval", groups, f"{cfg.name}: test metrics", cfg.eval.ece_bins)
 
 
