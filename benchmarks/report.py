@@ -609,7 +609,7 @@ def write(
         "",
     ]
     studies = [("Tuning study", tuning_path)] if tuning_path is not None else []
-    # further side-by-side studies of the same harness: `--tuning --tuning-json <results>/study_<name>.json`
+    # further side-by-side studies of the same harness: `python -m benchmarks.run --study NAME`
     studies += [
         (f"Study: {p.stem.removeprefix('study_')}", p) for p in sorted(Path(json_path).parent.glob("study_*.json"))
     ]

@@ -415,10 +415,10 @@ class Driver:
             d["client_cpu_s_per_1k"] = (cpu["client1"] - cpu["client0"]) / d["pairs"] * 1000
             # CPU that neither the server nor the load generator used: other jobs on the machine
             ours = d["server_cpu_s"] + (cpu["client1"] - cpu["client0"])
-            wall = cpu["wall1"] - cpu["wall0"]
+            core_seconds = (cpu["wall1"] - cpu["wall0"]) * (os.cpu_count() or 1)
             foreign = max(0.0, cpu["machine1"] - cpu["machine0"] - ours)
-            d["foreign_cpu_share"] = foreign / (wall * (os.cpu_count() or 1)) if wall > 0 else None
-            d["steal_share"] = (cpu["steal1"] - cpu["steal0"]) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
+            d["foreign_cpu_share"] = foreign / core_seconds if core_seconds > 0 else None
+            d["steal_share"] = (cpu["steal1"] - cpu["steal0"]) / core_seconds if core_seconds > 0 else None
         return d
 
     async def _guarded(self, make, n: int, connections: int, prof: Profile) -> dict:

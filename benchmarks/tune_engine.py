@@ -7,8 +7,9 @@ In-process, no HTTP: each variant is a ``TorchEngine`` with its options set
 thread; ``sb2048``/``sb8192``: sub-batch token budget). It scores the same
 batches (real Home Depot calls of N items, concatenated up to the batcher's
 pair limit, ``DARL_MAX_BATCH_PAIRS``, plus one lone call of 10 items as at
-concurrency 1) ``--reps`` times; the median pairs/s is reported, with the largest probability difference
-from the eager variant (bf16 rounding differs between kernels). Results go to
+concurrency 1) ``--reps`` times; the median pairs/s is reported, with the
+largest probability difference from the eager variant (bf16 rounding differs
+between kernels). Results go to
 ``benchmarks/results/tuning_engine.json``, which ``benchmarks.report`` renders.
 """
 
@@ -112,10 +113,10 @@ async def bench_variant(name: str, ckpt: Path, batches, reps: int) -> dict:
                     acc = totals.setdefault(kind, [0.0, 0.0])
                     acc[0] += len(b)
                     acc[1] += time.perf_counter() - t
-                wall = time.perf_counter() - w0
+                core_seconds = (time.perf_counter() - w0) * (os.cpu_count() or 1)
                 other = machine_busy_seconds() - m0 - (time.process_time() - c0)
-                share = max(0.0, other) / (wall * (os.cpu_count() or 1))
-                steal = (steal_seconds() - s0) / (wall * (os.cpu_count() or 1))
+                share = max(0.0, other) / core_seconds
+                steal = (steal_seconds() - s0) / core_seconds
                 if share <= MAX_FOREIGN_SHARE:
                     break
                 print(f"[tune] other jobs used {share:.0%} of the cores; again", file=sys.stderr, flush=True)
@@ -136,9 +137,14 @@ async def bench_variant(name: str, ckpt: Path, batches, reps: int) -> dict:
     }
 
 
+def reference(results: list[dict]) -> dict:
+    """The variant the others' probabilities are compared with: ``eager``, else the first measured."""
+    return next((r for r in results if r["variant"] == "eager"), results[0])
+
+
 def with_diffs(results: list[dict]) -> list[dict]:
-    """Results without their probabilities, each with its largest difference from ``eager`` (or the first)."""
-    base = next((r for r in results if r["variant"] == "eager"), results[0])
+    """Results without their probabilities, each with its largest difference from ``reference``."""
+    base = reference(results)
     out = []
     for r in results:
         diffs = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(r["probs"], base["probs"], strict=True)]
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_pairs": batch_pairs,
             "mean_tokens": {k: round(v, 1) for k, v in tokens.items()},
             "reps": args.reps,
-            "diff_against": next((r["variant"] for r in results if r["variant"] == "eager"), results[0]["variant"]),
+            "diff_against": reference(results)["variant"],
             "results": with_diffs(results),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
