@@ -56,10 +56,11 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
     """Train on ``cfg``'s training subset, evaluate on its test sets, write ``summary.json``."""
     import torch
 
-    from training.evaluate import write_report
+    from training.data import load_splits
+    from training.evaluate import summarize, with_candidates, write_report
     from training.features import encode
     from training.finetune import finetune
-    from training.pipeline import _run_id, load_splits, machine
+    from training.provenance import machine, run_id
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -79,15 +80,16 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
         cfg.seed,
         ckpt_dir=run_dir / "stage2",
         progress=progress,
-        run_id=_run_id(cfg, []),
+        run_id=run_id(cfg, []),
     )
     train_s = time.perf_counter() - t1
     groups = {}
     for name, pairs in (("id", splits.test_id), ("ood", splits.test_ood)):
         if pairs:
+            scored = with_candidates(pairs, cfg.eval.foreign_per_query, cfg.eval.candidate_seed)
             _, logits = encode(
                 model,
-                encode_pairs(tok, pairs, cfg.max_length),
+                encode_pairs(tok, scored, cfg.max_length),
                 tok.pad_token_id,
                 cfg.eval.batch_size,
                 cfg.features.autocast,
@@ -95,14 +97,12 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
                 desc=f"test {name}",
                 progress=progress,
             )
-            groups[name] = (pairs, probs_from_logits(logits))
+            groups[name] = (scored, probs_from_logits(logits))
     metrics = write_report(run_dir / "eval", groups, f"{cfg.name}: MiniLM-L6 cross-encoder", cfg.eval.ece_bins)
-    keep = ("n", "accuracy", "macro_f1", "f1_per_class", "ece", "qwk", "ndcg@10", "rmse_hd")
     summary = {
         "name": cfg.name,
         "kind": "cross_encoder",
-        "id": {k: metrics["id"][k] for k in keep} if "id" in metrics else None,
-        "ood": {k: metrics["ood"][k] for k in keep} if "ood" in metrics else None,
+        **summarize(metrics),
         "stage2": {"train_pairs": len(train), "steps": info["steps"], "pairs_per_s": info.get("pairs_per_s")},
         "timings_s": {"finetune": round(train_s, 1), "total": round(time.perf_counter() - t0, 1)},
         "machine": machine(),

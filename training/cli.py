@@ -46,7 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="only rows of this split (e.g. test)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--max-pairs", type=int, help="seeded subsample per source, for quick checks")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="autocast dtype")
+    p.add_argument(
+        "--foreign-per-query",
+        type=int,
+        default=20,
+        help="candidate-set ranking: items of other queries added per query as irrelevant (0 = off)",
+    )
+    p.add_argument("--candidate-seed", type=int, default=0, help="seed of the foreign-item draw")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float32"],
+        default="auto",
+        help="autocast dtype (auto: bf16 only where the CPU has native bf16)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_eval)
@@ -98,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _probe_depth(args: argparse.Namespace) -> int:
     from training.depth import probe_depths, write
-    from training.pipeline import machine
+    from training.provenance import machine
 
     cfg = _load(args)
     result = probe_depths(cfg, args.depths)
@@ -119,7 +131,7 @@ def _select(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     if args.import_:
-        from training.pipeline import load_splits
+        from training.data import load_splits
 
         added = import_labels(args.import_, load_splits(cfg).pool)
         cfg.run_path.mkdir(parents=True, exist_ok=True)
@@ -151,7 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from training.data import load_pairs, subsample
-    from training.evaluate import predict, write_report
+    from training.evaluate import predict, with_candidates, write_report
     from training.export import load_for_eval
 
     torch.set_num_threads(args.threads)
@@ -165,7 +177,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise SystemExit("no labelled rows to evaluate (check --split)")
     scored = {}
     for i, (name, pairs) in enumerate(sorted(groups.items())):
-        pairs = subsample(pairs, args.max_pairs, seed=i)
+        pairs = with_candidates(subsample(pairs, args.max_pairs, seed=i), args.foreign_per_query, args.candidate_seed)
         scored[name] = (pairs, predict(model, tok, pairs, manifest.max_length, args.batch_size, args.dtype, desc=name))
     metrics = write_report(
         args.out,

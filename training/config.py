@@ -41,7 +41,7 @@ class DataConfig(_Strict):
 
 class FeatureConfig(_Strict):
     batch_size: int = 64
-    autocast: Literal["bfloat16", "float32"] = "bfloat16"
+    autocast: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 only where the CPU has it natively
     # Feature cache (content-keyed, safe to share between runs); default <run_dir>/features.
     cache_dir: str | None = None
 
@@ -102,10 +102,22 @@ class FinetuneConfig(_Strict):
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
-    autocast: Literal["bfloat16", "float32"] = "bfloat16"
+    autocast: Literal["auto", "bfloat16", "float32"] = "auto"
     checkpoint_every: int = 50
+    # Train only the last k decoder layers with method=full (LoRA uses lora.top_layers); null = all.
+    top_layers: int | None = Field(default=None, ge=1)
+    # Compute the frozen layers below the trained ones once per pair and train on their cached
+    # states (training.trunk): epochs then cost only the trained layers' forward and backward.
+    cache_trunk: bool = False
+    # Per training query, this many items of other training queries as extra `irrelevant` pairs
+    # (the candidate lists search ranking sends mix such items in with the judged ones).
+    foreign_per_query: int = Field(default=0, ge=0)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+
+    def trainable_top(self) -> int | None:
+        """How many top decoder layers stage 2 trains (None: all of them)."""
+        return self.lora.top_layers if self.method == "lora" else self.top_layers
 
 
 class InterpolateConfig(_Strict):
@@ -122,6 +134,14 @@ class InterpolateConfig(_Strict):
 class EvalConfig(_Strict):
     ece_bins: int = 15
     batch_size: int = 64
+    # Candidate-set ranking (training.ranking): per test query, this many items of other queries
+    # join its judged ones as irrelevant; drawn with `candidate_seed`, the same for every row.
+    foreign_per_query: int = Field(default=20, ge=0)
+    candidate_seed: int = 0
+    # Learning curve: evaluate on val (with this many foreign items per query) at this many evenly
+    # spaced steps of stage 2; recorded in stage2_history.json and summary.json (0 = off).
+    curve_points: int = Field(default=0, ge=0)
+    curve_foreign_per_query: int = Field(default=5, ge=0)
 
 
 class TrainConfig(_Strict):

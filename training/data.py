@@ -20,10 +20,13 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from relevance_core.labels import LABEL2ID, LABELS
 from relevance_core.prompt import PromptRenderer
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -279,3 +282,47 @@ def render_pairs(renderer: PromptRenderer, pairs: Sequence[Pair]) -> tuple[list[
             ids[i] = r.token_ids
             truncated[i] = r.truncated
     return ids, truncated
+
+
+def render_seqs(tok: Any, max_length: int, pairs: Sequence[Pair]) -> list[tuple[int, ...]]:
+    """Token ids of ``pairs`` with the shared template (``render_pairs`` without the truncation flags)."""
+    return render_pairs(PromptRenderer(tok, max_length), pairs)[0]
+
+
+@dataclass
+class Splits:
+    train: list[Pair]
+    pool: list[Pair]  # with labels: the experiments' annotators
+    val_id: list[Pair]
+    val_ood: list[Pair]
+    test_id: list[Pair]
+    test_ood: list[Pair]
+    ood_sources: set[str]
+    files: list[Path]
+
+
+def load_splits(cfg: TrainConfig) -> Splits:
+    """ID files give train/pool/val/test; OOD files give pool/val/test."""
+    d = cfg.data
+    root = cfg.path(d.root)
+    id_files = [root / f for f in d.id_files] + [cfg.path(f) for f in d.extra_files]
+    ood_files = [root / f for f in d.ood_files]
+    id_pairs = [p for f in id_files for p in load_pairs(f, d.on_error)]
+    ood_pairs = [p for f in ood_files for p in load_pairs(f, d.on_error)]
+    s = cfg.seed
+    train = [p for p in by_split(id_pairs, d.train_split) if p.labeled]
+    return Splits(
+        train=subsample(train, d.max_train, s),
+        pool=subsample(by_split(id_pairs, d.pool_split), d.max_pool_per_domain, s + 5)
+        + subsample(by_split(ood_pairs, d.pool_split), d.max_pool_per_domain, s + 6),
+        val_id=subsample([p for p in by_split(id_pairs, d.val_split) if p.labeled], d.max_val_per_domain, s + 1),
+        val_ood=subsample([p for p in by_split(ood_pairs, d.val_split) if p.labeled], d.max_val_per_domain, s + 2),
+        test_id=subsample([p for p in by_split(id_pairs, d.test_split) if p.labeled], d.max_test_per_domain, s + 3),
+        test_ood=subsample([p for p in by_split(ood_pairs, d.test_split) if p.labeled], d.max_test_per_domain, s + 4),
+        ood_sources={p.source for p in ood_pairs},
+        files=id_files + ood_files,
+    )
+
+
+def data_fingerprint(cfg: TrainConfig, splits: Splits) -> str:
+    return fingerprint(splits.files, json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True) + f"|seed={cfg.seed}")

@@ -62,8 +62,8 @@ def probe_depths(cfg: TrainConfig, depths: list[int] | None = None, progress: bo
     import torch
 
     from relevance_core.base_model import ensure_base_model
+    from training.data import load_splits, render_seqs
     from training.model import load_classifier, pad_id
-    from training.pipeline import _seqs_for, load_splits
     from training.probe import select_probe
 
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ def probe_depths(cfg: TrainConfig, depths: list[int] | None = None, progress: bo
     feats = {
         name: depth_features(
             model,
-            _seqs_for(tok, cfg.max_length, pairs),
+            render_seqs(tok, cfg.max_length, pairs),
             pad_id(tok),
             depths,
             cfg.features.batch_size,

@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 
 from relevance_core.labels import LABELS
-from relevance_core.postprocess import probs_from_logits
+from relevance_core.postprocess import expected_grade, probs_from_logits
 from relevance_core.prompt import PromptRenderer
 from training.data import Pair, render_pairs
 from training.features import encode
 from training.metrics import compute_metrics, reliability
 from training.model import pad_id
+from training.ranking import candidate_metrics, foreign_pairs, is_foreign
 
-SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "ece", "qwk", "ndcg@10", "rmse_hd")
+SUMMARY_KEYS = ("n", "accuracy", "macro_f1", "ece", "qwk", "rmse_hd", "ndcg@10", "cand_ndcg@10", "inversion_rate")
 
 
 @contextlib.contextmanager
@@ -59,17 +60,35 @@ def predict(
     return probs_from_logits(logits)
 
 
+def with_candidates(pairs: Sequence[Pair], per_query: int, seed: int) -> list[Pair]:
+    """``pairs`` followed by ``per_query`` foreign items for each of their queries (none if 0)."""
+    return [*pairs, *foreign_pairs(pairs, per_query, seed)] if per_query else list(pairs)
+
+
 def metrics_for(pairs: Sequence[Pair], probs: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
-    labelled = np.array([p.labeled for p in pairs], dtype=bool)
-    ps = [p for p, keep in zip(pairs, labelled, strict=True) if keep]
-    return compute_metrics(
-        probs[labelled],
+    """Metrics of the judged pairs; with foreign pairs among ``pairs``, also the candidate-set ranking."""
+    judged = np.array([p.labeled and not is_foreign(p) for p in pairs], dtype=bool)
+    ps = [p for p, keep in zip(pairs, judged, strict=True) if keep]
+    out = compute_metrics(
+        probs[judged],
         np.array([p.label for p in ps]),
         queries=[p.query for p in ps],
         raw_relevance=[p.raw_relevance for p in ps],
         sources=[p.source for p in ps],
         n_bins=n_bins,
     )
+    out.update({"cand_ndcg@10": None, "inversion_rate": None, "cand_pairs": 0})
+    if len(ps) < len(pairs):
+        cand = [p for p in pairs if p.labeled]
+        keep = np.array([p.labeled for p in pairs], dtype=bool)
+        out.update(candidate_metrics(cand, expected_grade(probs[keep])))
+    return out
+
+
+def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The ``id``/``ood`` entries of a run summary: the table's columns of each test group."""
+    keep = (*SUMMARY_KEYS, "f1_per_class", "cand_pairs")
+    return {g: ({k: metrics[g].get(k) for k in keep} if g in metrics else None) for g in ("id", "ood")}
 
 
 def _fmt(v: Any) -> str:
@@ -105,8 +124,9 @@ def write_report(
     rel: dict[str, Any] = {}
     for name, (pairs, probs) in groups.items():
         metrics[name] = metrics_for(pairs, probs, n_bins)
-        labelled = np.array([p.labeled for p in pairs], dtype=bool)
-        rel[name] = reliability(probs[labelled], np.array([p.label for p in pairs if p.labeled]), n_bins)
+        judged = np.array([p.labeled and not is_foreign(p) for p in pairs], dtype=bool)
+        labels = np.array([p.label for p, keep in zip(pairs, judged, strict=True) if keep])
+        rel[name] = reliability(probs[judged], labels, n_bins)
 
     for name, m in metrics.items():
         fig, ax = plt.subplots(figsize=(4, 3.5))
@@ -137,7 +157,7 @@ def write_report(
         fig.savefig(out_dir / f"reliability_{name}.png", dpi=100)
         plt.close(fig)
 
-    keys = ["accuracy", "macro_f1", "qwk", "ece", "ndcg@10"]
+    keys = ["accuracy", "macro_f1", "qwk", "ece", "cand_ndcg@10"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / max(1, len(metrics))
     for i, (name, m) in enumerate(metrics.items()):

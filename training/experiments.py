@@ -20,7 +20,7 @@ from training.config import deep_update, find_root, load_config
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("accuracy", "macro_f1", "ece", "qwk", "ndcg@10", "rmse_hd")
+COLUMNS = ("accuracy", "macro_f1", "qwk", "rmse_hd", "ece", "inversion_rate", "cand_ndcg@10", "ndcg@10")
 
 
 def _fmt(v: Any) -> str:
@@ -74,6 +74,10 @@ def run_variant(base_config: Path, name: str, seed: int, overrides: dict[str, An
         from training.baseline import run_cross_encoder
 
         summary = run_cross_encoder(cfg)
+    elif kind in ("lexical", "prior"):
+        from training.lexical import run_cheap_baseline
+
+        summary = run_cheap_baseline(cfg, kind)
     else:
         from training.pipeline import run
 

@@ -20,10 +20,28 @@ import numpy as np
 from relevance_core.checkpoint import head_module
 
 
+def resolve_dtype(dtype: str) -> str:
+    """``auto``: bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16, AMX), else float32.
+
+    On AVX2-only CPUs bf16 is emulated and slower than fp32 (docs/results.md records the flags).
+    """
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    from training.provenance import cpu_flags
+
+    if torch.cuda.is_available():
+        return "bfloat16"
+    native = {"avx512_bf16", "amx_bf16"} & set(cpu_flags())
+    return "bfloat16" if native else "float32"
+
+
 def autocast(dtype: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on CPU/GPU (≈4x faster than fp32 on AMX CPUs); a no-op for fp32."""
     import torch
 
+    dtype = resolve_dtype(dtype)
     if dtype == "float32":
         return contextlib.nullcontext()
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 def finetune(
     model: Any,
-    seqs: Sequence[Sequence[int]],
+    seqs: Sequence[Sequence[int]] | Any,
     labels: Sequence[int],
     cfg: Any,
     pad_id: int,
@@ -67,9 +67,15 @@ def finetune(
     stop_after_steps: int | None = None,
     progress: bool = True,
     run_id: str = "",
+    trunk_depth: int | None = None,
+    on_step: Callable[[int, int], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model``'s trainable weights in place; returns the loss history.
 
+    ``seqs``: token ids per pair, or (with ``trunk_depth``) a ``training.trunk`` cache of the
+    frozen trunk's states, so that each step runs only the layers from ``trunk_depth`` up.
+    ``on_step(step, total_steps)``: called after every optimizer step (the learning curve's hook: it
+    evaluates when it wants to and returns a record, kept in the history, or None).
     ``cfg`` is a ``FinetuneConfig``. ``stop_after_steps`` ends the call after that
     many optimizer steps *of this call* (after checkpointing), which simulates a
     kill in tests; calling again resumes. ``run_id`` identifies the run (its config):
@@ -84,7 +90,18 @@ def finetune(
     class_weights = None
     if getattr(cfg.loss, "class_weight", "none") == "balanced":
         class_weights = balanced_class_weights(labels_arr, model.config.num_labels).to(device)
-    batches = batch_order([len(s) for s in seqs], cfg.batch_size, cfg.epochs, seed)
+    lengths = seqs.lengths if trunk_depth is not None else [len(s) for s in seqs]
+    batches = batch_order(lengths, cfg.batch_size, cfg.epochs, seed)
+
+    def forward(idx: np.ndarray) -> Any:
+        if trunk_depth is not None:
+            from training.trunk import top_logits
+
+            h, lens = seqs.batch(idx, device)
+            return top_logits(model, h, lens, trunk_depth)
+        ids, mask = collate([seqs[i] for i in idx], pad_id)
+        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+
     total_steps = math.ceil(len(batches) / cfg.grad_accum)
     head, body = [], []
     for name, p in model.named_parameters():
@@ -158,10 +175,9 @@ def finetune(
             opt.zero_grad(set_to_none=True)
             step_loss, parts_sum = 0.0, {}
             for idx in micro:
-                ids, mask = collate([seqs[i] for i in idx], pad_id)
                 y = torch.as_tensor(labels_arr[idx], device=device)
                 with autocast(cfg.autocast):
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                    logits = forward(idx)
                 loss, parts = loss_from_config(logits, y, cfg.loss, class_weights)
                 weight = len(idx) / n_step  # exact mean over the step's pairs
                 (loss * weight).backward()
@@ -176,6 +192,9 @@ def finetune(
             sched.step()
             step = s + 1
             history.append({"step": step, "loss": step_loss, **parts_sum})
+            if on_step is not None and (record := on_step(step, total_steps)) is not None:
+                history[-1]["eval"] = record
+                model.train()
             bar.set_postfix(loss=f"{step_loss:.4f}", step=f"{step}/{total_steps}")
             done_this_call += 1
             if step % cfg.checkpoint_every == 0 or step == total_steps:

@@ -53,14 +53,20 @@ def attach_lora(
     return peft_model
 
 
-def prepare_trainable(model: Any, method: str, lora_cfg: Any) -> Any:
-    """``lora``: adapter + head train; ``full``: everything trains; ``none``: head only."""
+def prepare_trainable(model: Any, method: str, lora_cfg: Any, top_layers: int | None = None) -> Any:
+    """``lora``: adapter + head train; ``full``: the last ``top_layers`` decoder layers (all if None),
+    the final norm and the head train; ``none``: head only."""
     if method == "lora":
         return attach_lora(
             model, lora_cfg.r, lora_cfg.alpha, lora_cfg.dropout, list(lora_cfg.target_modules), lora_cfg.top_layers
         )
     for p in model.parameters():
-        p.requires_grad_(method == "full")
+        p.requires_grad_(method == "full" and top_layers is None)
+    if method == "full" and top_layers is not None:
+        decoder = model.model
+        for module in [*decoder.layers[len(decoder.layers) - top_layers :], decoder.norm]:
+            for p in module.parameters():
+                p.requires_grad_(True)
     for p in head_module(model).parameters():
         p.requires_grad_(True)
     return model
@@ -93,3 +99,9 @@ def load_trainable_state(model: Any, state: dict[str, Any]) -> None:
     with torch.no_grad():
         for n, v in state.items():
             params[n].copy_(v)
+
+
+def pad_id_of_model(model: Any) -> int:
+    """The pad id the classifier was built with (``classifier_config_updates`` sets it)."""
+    pad = model.config.pad_token_id
+    return pad if pad is not None else model.config.eos_token_id

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,23 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from relevance_core.prompt import PromptRenderer
 from training.config import TrainConfig
-from training.data import Pair, by_split, fingerprint, hide_labels, load_pairs, render_pairs, subsample
+from training.data import Pair, Splits, data_fingerprint, hide_labels, load_splits, render_seqs, subsample
+from training.provenance import machine, run_id
+from training.ranking import training_foreign_pairs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Splits:
-    train: list[Pair]
-    pool: list[Pair]  # with labels: the experiments' annotators
-    val_id: list[Pair]
-    val_ood: list[Pair]
-    test_id: list[Pair]
-    test_ood: list[Pair]
-    ood_sources: set[str]
-    files: list[Path]
 
 
 @dataclass
@@ -49,6 +36,8 @@ class Context:
     timings: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    trunk_depth: int | None = None  # frozen layers whose states are cached (finetune.cache_trunk)
+    trunks: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -61,33 +50,6 @@ class Context:
         yield
         self.timings[stage] = round(time.perf_counter() - t0, 1)
         log.info("== %s done in %.1f s", stage, self.timings[stage])
-
-
-def load_splits(cfg: TrainConfig) -> Splits:
-    """ID files give train/pool/val/test; OOD files give pool/val/test."""
-    d = cfg.data
-    root = cfg.path(d.root)
-    id_files = [root / f for f in d.id_files] + [cfg.path(f) for f in d.extra_files]
-    ood_files = [root / f for f in d.ood_files]
-    id_pairs = [p for f in id_files for p in load_pairs(f, d.on_error)]
-    ood_pairs = [p for f in ood_files for p in load_pairs(f, d.on_error)]
-    s = cfg.seed
-    train = [p for p in by_split(id_pairs, d.train_split) if p.labeled]
-    return Splits(
-        train=subsample(train, d.max_train, s),
-        pool=subsample(by_split(id_pairs, d.pool_split), d.max_pool_per_domain, s + 5)
-        + subsample(by_split(ood_pairs, d.pool_split), d.max_pool_per_domain, s + 6),
-        val_id=subsample([p for p in by_split(id_pairs, d.val_split) if p.labeled], d.max_val_per_domain, s + 1),
-        val_ood=subsample([p for p in by_split(ood_pairs, d.val_split) if p.labeled], d.max_val_per_domain, s + 2),
-        test_id=subsample([p for p in by_split(id_pairs, d.test_split) if p.labeled], d.max_test_per_domain, s + 3),
-        test_ood=subsample([p for p in by_split(ood_pairs, d.test_split) if p.labeled], d.max_test_per_domain, s + 4),
-        ood_sources={p.source for p in ood_pairs},
-        files=id_files + ood_files,
-    )
-
-
-def data_fingerprint(cfg: TrainConfig, splits: Splits) -> str:
-    return fingerprint(splits.files, json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True) + f"|seed={cfg.seed}")
 
 
 def prepare(cfg: TrainConfig, progress: bool = True) -> Context:
@@ -115,40 +77,93 @@ def prepare(cfg: TrainConfig, progress: bool = True) -> Context:
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     ctx.model.to(device).eval()
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.finetune.cache_trunk:
+        n = ctx.model.config.num_hidden_layers
+        ctx.trunk_depth = n - min(n, cfg.finetune.trainable_top() or n)
+        log.info("trunk: the first %d of %d layers are frozen and cached", ctx.trunk_depth, n)
     return ctx
 
 
-def _seqs_for(tok: Any, max_length: int, pairs: list[Pair]) -> list[tuple[int, ...]]:
-    return render_pairs(PromptRenderer(tok, max_length), pairs)[0]
-
-
 def _seqs(ctx: Context, pairs: list[Pair]) -> list[tuple[int, ...]]:
-    return _seqs_for(ctx.tok, ctx.cfg.max_length, pairs)
+    return render_seqs(ctx.tok, ctx.cfg.max_length, pairs)
+
+
+def _identity(ctx: Context) -> str:
+    return f"{ctx.base_dir}|{ctx.cfg.base_ref().sha256}|{ctx.cfg.max_length}|layers={ctx.cfg.num_layers}"
+
+
+def _cache_dir(ctx: Context) -> Path:
+    return ctx.cfg.path(ctx.cfg.features.cache_dir) if ctx.cfg.features.cache_dir else ctx.run_dir / "features"
+
+
+def _trunk(ctx: Context, name: str, pairs: list[Pair]) -> Any:
+    """The frozen trunk's states of ``pairs`` (computed once, then read from the content-keyed cache)."""
+    from training.trunk import build_trunk_cache
+
+    if name not in ctx.trunks or len(ctx.trunks[name][0]) != len(pairs) or ctx.trunks[name][0] != pairs:
+        cache = build_trunk_cache(
+            _cache_dir(ctx),
+            name,
+            ctx.model,
+            _seqs(ctx, pairs),
+            ctx.trunk_depth,
+            _identity(ctx),
+            ctx.cfg.features.batch_size,
+            ctx.progress,
+            ctx.cfg.features.autocast,
+        )
+        ctx.trunks[name] = (list(pairs), cache)
+    return ctx.trunks[name][1]
 
 
 def _features(ctx: Context, name: str, pairs: list[Pair]) -> np.ndarray:
     from training.features import cached_features
     from training.model import pad_id
 
-    identity = f"{ctx.base_dir}|{ctx.cfg.base_ref().sha256}|{ctx.cfg.max_length}|layers={ctx.cfg.num_layers}"
-    cache = ctx.cfg.path(ctx.cfg.features.cache_dir) if ctx.cfg.features.cache_dir else ctx.run_dir / "features"
+    if ctx.trunk_depth is not None:
+        from training.trunk import predict_top
+
+        _, feats = predict_top(
+            ctx.model,
+            _trunk(ctx, name, pairs),
+            ctx.trunk_depth,
+            ctx.cfg.eval.batch_size,
+            True,
+            f"features {name}",
+            ctx.progress,
+            ctx.cfg.features.autocast,
+        )
+        return feats
     return cached_features(
-        cache,
+        _cache_dir(ctx),
         name,
         ctx.model,
         _seqs(ctx, pairs),
         pad_id(ctx.tok),
         ctx.cfg.features.batch_size,
         ctx.cfg.features.autocast,
-        identity,
+        _identity(ctx),
     )
 
 
-def _predict(ctx: Context, pairs: list[Pair], desc: str) -> np.ndarray:
-    """Probabilities of the model as it stands (eval batch size and autocast of the config)."""
-    from training.evaluate import predict
+def _predict(ctx: Context, pairs: list[Pair], desc: str, name: str) -> np.ndarray:
+    """Probabilities of the model as it stands (eval batch size and autocast of the config).
+
+    ``name`` names the pairs' trunk cache (``val_id``, ``test_id``, ...) when the trunk is cached.
+    """
+    from relevance_core.postprocess import probs_from_logits
+    from training.evaluate import merged, predict
 
     cfg = ctx.cfg
+    if ctx.trunk_depth is not None:
+        from training.trunk import predict_top
+
+        trunk = _trunk(ctx, name, pairs)
+        with merged(ctx.model):
+            logits, _ = predict_top(
+                ctx.model, trunk, ctx.trunk_depth, cfg.eval.batch_size, False, desc, ctx.progress, cfg.features.autocast
+            )
+        return probs_from_logits(logits)
     return predict(
         ctx.model,
         ctx.tok,
@@ -262,14 +277,6 @@ def dasa(ctx: Context, labels_csv: Path | None = None) -> list[Pair]:
         return added
 
 
-def _run_id(cfg: TrainConfig, added: list[Pair]) -> str:
-    """What a stage-2 checkpoint may be resumed by: the same config and the same DASA pairs."""
-    import hashlib
-
-    blob = json.dumps(cfg.for_manifest(), sort_keys=True) + "|" + ",".join(p.pair_id for p in added)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None) -> tuple[dict, dict] | None:
     """Fine-tune from the (probed) head; returns the (stage-1, stage-2) trainable states."""
     from training.finetune import finetune
@@ -278,35 +285,83 @@ def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None)
     cfg, fc = ctx.cfg, ctx.cfg.finetune
     if fc.method == "none":
         return None
-    ctx.model = prepare_trainable(ctx.model, fc.method, fc.lora)
+    ctx.model = prepare_trainable(ctx.model, fc.method, fc.lora, fc.trainable_top())
     s1 = trainable_state(ctx.model)
-    train = subsample(ctx.splits.train, fc.max_train_pairs, cfg.seed + 10) + list(added)
+    train = subsample(ctx.splits.train, fc.max_train_pairs, cfg.seed + 10)
+    foreign = training_foreign_pairs(ctx.splits.train, fc.foreign_per_query, cfg.seed + 11)
+    pairs = train + list(added) + foreign
     with ctx.timed("stage2_finetune"):
+        inputs: Any = _seqs(ctx, pairs)
+        if ctx.trunk_depth is not None:
+            from training.trunk import JoinedTrunk
+
+            index = {p.pair_id: i for i, p in enumerate(ctx.splits.train)}
+            parts = [(_trunk(ctx, "train", ctx.splits.train), [index[p.pair_id] for p in train])]
+            for name, extra in (("selected", list(added)), ("train_foreign", foreign)):
+                if extra:
+                    parts.append((_trunk(ctx, name, extra), range(len(extra))))
+            inputs = JoinedTrunk(parts)
         info = finetune(
             ctx.model,
-            _seqs(ctx, train),
-            [p.label for p in train],
+            inputs,
+            [p.label for p in pairs],
             fc,
             pad_id(ctx.tok),
             cfg.seed,
             ckpt_dir=ctx.run_dir / "stage2",
             stop_after_steps=stop_after_steps,
             progress=ctx.progress,
-            run_id=_run_id(cfg, added),
+            run_id=run_id(cfg, added),
+            trunk_depth=ctx.trunk_depth,
+            on_step=_curve_hook(ctx, fc.batch_size * fc.grad_accum),
         )
     if info["steps"] < info.get("total_steps", info["steps"]):
         raise InterruptedError(f"stage 2 stopped at step {info['steps']}/{info['total_steps']}")
     hist = info["history"]
     ctx.results["stage2"] = {
-        "train_pairs": len(train),
+        "train_pairs": len(pairs),
         "dasa_pairs": len(added),
+        "foreign_pairs": len(foreign),
+        "trunk_depth": ctx.trunk_depth,
         "steps": info["steps"],
         "pairs_per_s": info.get("pairs_per_s"),
         "final_loss": hist[-1]["loss"] if hist else None,
         "first_loss": hist[0]["loss"] if hist else None,
+        "curve": [{"step": h["step"], **h["eval"]} for h in hist if "eval" in h],
     }
     (ctx.run_dir / "stage2_history.json").write_text(json.dumps(hist) + "\n")
     return s1, trainable_state(ctx.model)
+
+
+def _curve_hook(ctx: Context, pairs_per_step: int) -> Any:
+    """The learning curve: val macro-F1, kappa and inversion rate (ID, OOD) at ``eval.curve_points``
+    evenly spaced steps of stage 2, with the pairs seen and the wall time so far."""
+    from training.evaluate import metrics_for, with_candidates
+
+    ec, s = ctx.cfg.eval, ctx.splits
+    if ec.curve_points <= 0:
+        return None
+    sets = {
+        name: with_candidates(pairs, ec.curve_foreign_per_query, ec.candidate_seed)
+        for name, pairs in (("id", s.val_id), ("ood", s.val_ood))
+        if pairs
+    }
+    t0, spent = time.perf_counter(), [0.0]
+
+    def hook(step: int, total: int) -> dict[str, Any] | None:
+        if step not in {max(1, round(total * i / ec.curve_points)) for i in range(1, ec.curve_points + 1)}:
+            return None
+        t = time.perf_counter()
+        rec: dict[str, Any] = {"pairs_seen": step * pairs_per_step, "wall_s": round(t - t0, 1)}
+        for name, pairs in sets.items():
+            m = metrics_for(pairs, _predict(ctx, pairs, f"curve {name}", f"curve_val_{name}"), ec.ece_bins)
+            rec[name] = {k: m[k] for k in ("macro_f1", "qwk", "rmse_hd", "inversion_rate")}
+        spent[0] += time.perf_counter() - t
+        rec["eval_s"] = round(spent[0], 1)
+        log.info("curve: %s", rec)
+        return rec
+
+    return hook
 
 
 def stage3(ctx: Context, states: tuple[dict, dict] | None) -> None:
@@ -342,7 +397,7 @@ def stage3(ctx: Context, states: tuple[dict, dict] | None) -> None:
                 # times that head, no forward pass needed.
                 probs = probs_from_logits(head_logits(feats[f"val_{name}"], s1[head_key].float().numpy()))
             elif pairs:
-                probs = _predict(ctx, pairs, f"val c={c:g} {name}")
+                probs = _predict(ctx, pairs, f"val c={c:g} {name}", f"val_{name}")
             else:
                 continue
             val_probs.setdefault(c, {})[name] = probs
@@ -403,42 +458,23 @@ def _plot_curve(path: Path, curve: list[dict]) -> None:
 
 
 def evaluate_test(ctx: Context) -> dict[str, Any]:
-    from training.evaluate import write_report
+    from training.evaluate import with_candidates, write_report
 
     cfg, s = ctx.cfg, ctx.splits
     with ctx.timed("test_eval"):
         groups = {}
         for name, pairs in (("id", s.test_id), ("ood", s.test_ood)):
             if pairs:
-                groups[name] = (pairs, _predict(ctx, pairs, f"test {name}"))
+                scored = with_candidates(pairs, cfg.eval.foreign_per_query, cfg.eval.candidate_seed)
+                groups[name] = (scored, _predict(ctx, scored, f"test {name}", f"test_{name}"))
         return write_report(ctx.run_dir / "eval", groups, f"{cfg.name}: test metrics", cfg.eval.ece_bins)
-
-
-def machine() -> str:
-    """CPU model and core count (and GPU, if any), for the results table."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = f"{cpu}, {os.cpu_count()} cores"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            out += f", {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
-    return out
 
 
 def run(
     cfg: TrainConfig, export: bool = True, progress: bool = True, stop_after_steps: int | None = None
 ) -> dict[str, Any]:
     """All stages; returns the summary also written to ``<run_dir>/summary.json``."""
+    from training.evaluate import summarize
     from training.export import export_artifact
 
     t0 = time.perf_counter()
@@ -450,10 +486,8 @@ def run(
     states = stage2(ctx, added, stop_after_steps)
     stage3(ctx, states)
     test = evaluate_test(ctx)
-    keep = ("n", "accuracy", "macro_f1", "f1_per_class", "ece", "qwk", "ndcg@10", "rmse_hd")
     metrics = {
-        "id": {k: test["id"][k] for k in keep} if "id" in test else None,
-        "ood": {k: test["ood"][k] for k in keep} if "ood" in test else None,
+        **summarize(test),
         "id_split": f"{cfg.data.id_files} {cfg.data.test_split}",
         "ood_split": f"{cfg.data.ood_files} {cfg.data.test_split}",
         "probe_val": ctx.results.get("probe_val"),

@@ -44,7 +44,8 @@ def tiny_config(tmp: Path, data_root: Path, base: Path, **over):
 
 
 @pytest.mark.slow
-def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_base_dir: Path) -> None:
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached-trunk"])
+def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_base_dir: Path, cached: bool) -> None:
     import torch
 
     from relevance_core.postprocess import probs_from_logits
@@ -56,10 +57,27 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     from training.features import encode
     from training.pipeline import run
 
-    # num_layers=1: the classifier keeps the first of the tiny base's two layers, in training and serving alike.
-    cfg = tiny_config(tmp_path, data_root, tiny_base_dir, num_layers=1, probe={"dasa_pairs": True})
+    # uncached, num_layers=1: the classifier keeps the first of the tiny base's two layers, in training and
+    # serving alike. cached: both layers, the first frozen and cached (training.trunk), LoRA on the second,
+    # foreign items as extra training pairs.
+    layers = 2 if cached else 1
+    cfg = tiny_config(tmp_path, data_root, tiny_base_dir, num_layers=layers, probe={"dasa_pairs": True})
+    if cached:
+        finetune = cfg.finetune.model_copy(update={"cache_trunk": True, "foreign_per_query": 1})
+        cfg = cfg.model_copy(update={"finetune": finetune, "eval": cfg.eval.model_copy(update={"curve_points": 2})})
     summary = run(cfg, progress=False)
     ctx = summary.pop("_context")
+    assert summary["stage2"]["trunk_depth"] == (1 if cached else None)
+    assert (summary["stage2"]["foreign_pairs"] > 0) == cached
+    curve = summary["stage2"]["curve"]  # the learning curve: val metrics during stage 2
+    assert len(curve) == (2 if cached else 0)
+    if cached:
+        assert curve[-1]["step"] == summary["stage2"]["steps"] and curve[0]["pairs_seen"] < curve[-1]["pairs_seen"]
+        assert {"macro_f1", "qwk", "inversion_rate"} <= set(curve[-1]["ood"])
+    assert (list(cfg.run_path.parent.rglob("trunk-train-*.states.npy")) != []) == cached
+    # Candidate-set ranking on the whole test sets: judged items plus 20 foreign ones per query.
+    assert summary["id"]["cand_pairs"] > summary["id"]["n"] and 0 <= summary["id"]["inversion_rate"] <= 1
+    assert summary["ood"]["cand_ndcg@10"] is not None
     # Every stage ran and left its record.
     assert summary["probe_val"]["id"]["accuracy"] >= 0
     assert set(summary["ood_auroc"]) == {"mahalanobis", "knn", "combined"}
@@ -78,7 +96,7 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
         assert (cfg.run_path / "eval" / f).is_file()
 
     manifest = read_manifest(cfg.output_path)
-    assert manifest.kind == "adapter" and manifest.max_length == 48 and manifest.num_layers == 1
+    assert manifest.kind == "adapter" and manifest.max_length == 48 and manifest.num_layers == layers
     assert manifest.data_fingerprint and manifest.metrics["id"]["macro_f1"] == summary["id"]["macro_f1"]
     assert manifest.training_config["finetune"]["method"] == "lora"
     assert "adapter/adapter_model.safetensors" in manifest.files and "head.safetensors" in manifest.files
@@ -89,7 +107,7 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     from transformers import AutoModelForSequenceClassification
 
     served = AutoModelForSequenceClassification.from_pretrained(loaded.checkpoint_dir, dtype=torch.float32).eval()
-    assert served.config.num_hidden_layers == 1 == len(served.model.layers)
+    assert served.config.num_hidden_layers == layers == len(served.model.layers)
     pairs = ctx.splits.test_id[:20] + ctx.splits.test_ood[:20]
     seqs, _ = render_pairs(PromptRenderer(ctx.tok, cfg.max_length), pairs)
     pad = ctx.tok.pad_token_id
