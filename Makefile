@@ -34,7 +34,7 @@ artifact: base-model  ## train the default DaRL artifact (model_artifacts/darl-s
 	$(DARL) train --config $(CONFIG)
 
 experiments: base-model  ## depth probe -> docs/depth-probe.md, ablation table -> docs/results.md (finished runs reused)
-	$(DARL) probe-depth --config $(CONFIG) --depths 6 8 10 12 14 16 18 20 22 24 26 28 30
+	$(DARL) probe-depth --config $(CONFIG) --set data.max_train=4000 --set data.max_val_per_domain=400 --depths 6 8 10 12 14 16 18 20 22 24 26 28 30
 	$(DARL) experiment --config configs/experiments.yaml --out docs/results.md
 
 serve: base-model  ## serve the default artifact on 127.0.0.1:8000 (DARL_PORT overrides)

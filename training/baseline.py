@@ -61,6 +61,7 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
     from training.features import encode
     from training.finetune import finetune
     from training.provenance import machine, run_id
+    from training.ranking import training_foreign_pairs
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -70,6 +71,8 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
     train = subsample(splits.train, cfg.finetune.max_train_pairs, cfg.seed + 10)
+    # the DaRL rows' foreign items too (`finetune.foreign_per_query`): the same kind of training pairs
+    train += training_foreign_pairs(train, cfg.finetune.foreign_per_query, cfg.seed + 11)
     t1 = time.perf_counter()
     info = finetune(
         model,

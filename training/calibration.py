@@ -3,6 +3,7 @@
 One scalar T divides the logits; fitted by minimising validation NLL. Because the head
 is linear, dividing its weight (and bias) by T is the same as dividing the logits, so
 the served artifact needs nothing new. Argmax, hence accuracy and macro-F1, is unchanged.
+``calibrate`` is the step of ``darl train`` after the interpolation coefficient.
 """
 
 from __future__ import annotations
@@ -37,3 +38,29 @@ def fold_temperature(head: Any, temperature: float) -> None:
         head.weight.div_(temperature)
         if getattr(head, "bias", None) is not None:
             head.bias.div_(temperature)
+
+
+def calibrate(
+    head: Any, probs_by_domain: dict[str, np.ndarray], labels_by_domain: dict[str, np.ndarray], n_bins: int = 15
+) -> dict[str, Any]:
+    """Fit one temperature on ID+OOD val together, fold it into ``head`` and report val ECE before/after.
+
+    ``probs_by_domain`` holds the val probabilities of the model as it stands, for the domains
+    (``id``, ``ood``) that have val pairs; ``labels_by_domain`` their labels, in the same order.
+    """
+    from relevance_core.postprocess import probs_from_logits
+    from training.metrics import compute_metrics
+
+    doms = [d for d in ("id", "ood") if d in probs_by_domain]
+    t = fit_temperature(
+        np.concatenate([probs_by_domain[d] for d in doms]), np.concatenate([labels_by_domain[d] for d in doms])
+    )
+    fold_temperature(head, t)
+    report: dict[str, Any] = {"temperature": round(t, 4)}
+    for d in doms:
+        scaled = probs_from_logits(np.log(np.clip(probs_by_domain[d], 1e-12, 1.0)) / t)
+        report[f"val_ece_{d}"] = {
+            "before": compute_metrics(probs_by_domain[d], labels_by_domain[d], n_bins=n_bins)["ece"],
+            "after": compute_metrics(scaled, labels_by_domain[d], n_bins=n_bins)["ece"],
+        }
+    return report

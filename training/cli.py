@@ -103,7 +103,6 @@ def _train(args: argparse.Namespace) -> int:
     from training.pipeline import run
 
     summary = run(_load(args), export=not args.no_export)
-    summary.pop("_context", None)
     print(json.dumps({k: summary[k] for k in ("name", "artifact", "id", "ood", "timings_s")}, indent=2, default=float))
     return 0
 
@@ -146,12 +145,13 @@ def _select(args: argparse.Namespace) -> int:
     dasa(ctx, labels_csv=args.export)
     args.export.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ctx.run_dir / "selection.csv", args.export)
+    metrics = ctx.results.metrics()
     print(
         json.dumps(
             {
                 "export": str(args.export),
-                "ood_auroc": ctx.results.get("ood_auroc"),
-                "selection": ctx.results.get("selection"),
+                "ood_auroc": metrics["ood_auroc"],
+                "selection": metrics["selection"],
             },
             indent=2,
         )

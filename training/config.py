@@ -89,6 +89,9 @@ class LossConfig(_Strict):
     ordinal_form: Literal["expected_grade_mse", "emd2"] = "expected_grade_mse"
     # CE class weights: "balanced" = inverse frequency of the stage-2 training labels.
     class_weight: Literal["none", "balanced"] = "none"
+    # Home Depot grades are means of >= 3 raters: train on the mean grade spread over its two nearest
+    # grades (training.losses.soft_target) instead of the hard 3-way label.
+    soft_targets: bool = False
 
 
 class FinetuneConfig(_Strict):

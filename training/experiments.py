@@ -82,20 +82,25 @@ def run_variant(base_config: Path, name: str, seed: int, overrides: dict[str, An
         from training.pipeline import run
 
         summary = run(cfg, export=False)
-        summary.pop("_context", None)
     summary = json.loads(done.read_text()) if done.is_file() else summary
     summary["config_sha"] = sha
     done.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
 
 
-def artifact_section(artifact_dir: Path) -> list[str]:
-    """The default artifact's test metrics and wall time, as its manifest recorded them."""
+def artifact_section(artifact_dir: Path, out_dir: Path | None = None) -> list[str]:
+    """The default artifact's test metrics, wall time and learning curve, as its manifest recorded them.
+
+    With ``out_dir`` the learning curve is also drawn there (``learning-curve.png``).
+    """
     from relevance_core.manifest import read_manifest
+    from training.curves import plot_learning_curve
 
     m = read_manifest(artifact_dir)
     met = m.metrics
     rows = {k: met[k] for k in ("id", "ood") if met.get(k)}
+    stage2 = {k: v for k, v in (met.get("stage2") or {}).items() if k != "curve"}
+    curve = (met.get("stage2") or {}).get("curve") or []
     lines = [
         f"## Default artifact `{artifact_dir.name}` (version {m.version})",
         "",
@@ -116,9 +121,30 @@ def artifact_section(artifact_dir: Path) -> list[str]:
         f"interpolation coefficient {interp.get('coef')} (objective {interp.get('objective')}); curve: "
         + ", ".join(f"{r['coef']}→{r['objective']:.4f}" for r in interp.get("curve", []))
         + (f"; temperature scaling on val: `{json.dumps(met['calibration'])}`" if met.get("calibration") else "")
-        + (f"; stage 2: `{json.dumps(met['stage2'])}`" if met.get("stage2") else ""),
+        + (f"; stage 2: `{json.dumps(stage2)}`" if stage2 else ""),
         "",
     ]
+    if curve:
+        png = plot_learning_curve(curve, out_dir / "learning-curve.png", f"{m.name} {m.version}") if out_dir else None
+        lines += [
+            "### Learning curve",
+            "",
+            f"Validation quality during stage 2 ({len(curve)} points, `eval.curve_points`): "
+            "ID = Home Depot val, OOD = CrowdFlower val (the config's `data.max_val_per_domain` pairs, with "
+            "`eval.curve_foreign_per_query` foreign items per query for the inversion rate); wall time counts "
+            "stage 2 from its start, these evaluations included.",
+            "",
+            *([f"![learning curve]({png.name})", ""] if png else []),
+            "| pairs seen | wall s | ID macro-F1 | ID kappa | ID RMSE | ID inversion | OOD macro-F1 | OOD kappa "
+            "| OOD inversion |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in curve:
+            i, o = r.get("id") or {}, r.get("ood") or {}
+            cells = [i.get("macro_f1"), i.get("qwk"), i.get("rmse_hd"), i.get("inversion_rate")]
+            cells += [o.get("macro_f1"), o.get("qwk"), o.get("inversion_rate")]
+            lines.append(f"| {r['pairs_seen']} | {r['wall_s']} | " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append("")
     return lines
 
 
@@ -129,19 +155,29 @@ METHOD_NOTES = """\
   term is the confidence penalty of Pereyra et al. 2017 (minus the predicted entropy); the ordinal term
   is the squared error of the expected grade (grades 0/1/2), the same expected grade the service returns
   as `score`; `emd2` (squared EMD of the CDFs, Hou et al. 2016) is the configurable alternative.
-  Defaults λ_conf = 0.1, λ_ord = 0.5.
+  Defaults λ_conf = 0.1, λ_ord = 0.5. With `soft_targets` (default recipe) a Home Depot pair's target is
+  the raters' mean grade spread over its two nearest grades, mapped so that the label thresholds (1.67,
+  2.5) fall on the grade midpoints: the fine-grained degree the hard label throws away.
 - **DASA** (`training/ood.py`, `training/selection.py`): Mahalanobis (class means, shared covariance shrunk
   toward a scaled identity, α = 0.1) and kNN (k = 10, L2-normalised features, FAISS exact search) on the
   head-input features of the frozen backbone, fitted on Home Depot train features, z-normalised on Home
   Depot val features and averaged; the pool pairs with the highest combined score are labelled (their
-  held-back labels are revealed) up to the budget, at most 5 per query. The random control draws the same
-  budget under the same cap.
+  held-back labels are revealed) up to the budget, under a per-query cap. The random control draws the
+  same budget under the same cap.
 - **Multi-stage**: stage 1 linear probe (L-BFGS logistic regression on cached features, l2 picked on val),
-  stage 2 LoRA (r = 16, all attention and MLP projections of the last 8 of the 20 decoder layers kept,
-  `num_layers`, of the base's 30; backward stops below them) from the probed head, stage 3 WiSE
-  interpolation of adapter delta and head between stage 1 and stage 2, coefficient picked on ID + OOD val
-  macro-F1, then temperature scaling (Guo et al. 2017): one temperature fitted on ID + OOD val by NLL and
-  folded into the head, which changes confidence and never a prediction.
+  stage 2 LoRA from the probed head (default: r = 32 on all attention and MLP projections of the last 2
+  of the 12 decoder layers kept, `num_layers`, of the base's 30; the 10 layers below are frozen, run once
+  per pair and cached, `finetune.cache_trunk`), stage 3 WiSE interpolation of adapter delta and head
+  between stage 1 and stage 2, coefficient picked on ID + OOD val macro-F1, then temperature scaling (Guo
+  et al. 2017): one temperature fitted on ID + OOD val by NLL and folded into the head, which changes
+  confidence and never a prediction.
+- **Foreign items** (`finetune.foreign_per_query`, `training/ranking.py`): per training query (and per DASA
+  query), items of other queries as extra `irrelevant` pairs, the distribution of the candidate-set test.
+- **Candidate-set ranking** (`training/ranking.py`): each test query's judged items plus 20 items of other
+  queries of the same test set (seeded, the same draw for every row), counted as irrelevant; NDCG@10 with
+  the judged grade as gain (Home Depot: raw mean grade − 1) and ties broken against the model; the
+  inversion rate is the share of (judged `strong`, foreign) pairs of a query where the foreign item scores
+  higher (ties count ½).
 """
 
 
@@ -156,31 +192,36 @@ def _mean(rows: list[dict[str, Any]], variant: str, split: str, metric: str) -> 
 
 def targets_section(rows: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
     """The issue's targets, each computed from the table's rows (means over seeds) and marked met or not."""
-    sft, darl, base = names.get("sft", "sft"), names.get("darl", "full-darl"), names.get("baseline")
-    m = {
-        (v, sp, k): _mean(rows, v, sp, k)
-        for v in (sft, darl, base)
-        if v
-        for sp in ("id", "ood")
-        for k in ("macro_f1", "ece")
-    }
+    sft, darl = names.get("sft", "sft"), names.get("darl", "full-darl")
+    baselines = [b for b in (names.get("baseline"), names.get("lexical")) if b]
+    keys = ("macro_f1", "ece", "qwk", "rmse_hd", "inversion_rate")
+    m = {(v, sp, k): _mean(rows, v, sp, k) for v in (sft, darl, *baselines) for sp in ("id", "ood") for k in keys}
     checks: list[tuple[str, float | None, str, bool | None]] = []
 
     def add(what: str, value: float | None, target: str, ok: Any) -> None:
         checks.append((what, value, target, None if value is None else bool(ok(value))))
 
-    def gap(other: str, split: str) -> float | None:
-        """Macro-F1 points of full DaRL over ``other`` on ``split`` (None while either is missing)."""
-        a, b = m[(darl, split, "macro_f1")], m[(other, split, "macro_f1")]
-        return None if None in (a, b) else 100 * (a - b)
+    def gap(other: str, split: str, key: str = "macro_f1", scale: float = 100.0) -> float | None:
+        """``key`` of full DaRL minus ``other``'s on ``split`` (None while either is missing)."""
+        a, b = m[(darl, split, key)], m[(other, split, key)]
+        return None if a is None or b is None else scale * (a - b)
 
+    add(f"ID RMSE of the expected grade, {darl}", m[(darl, "id", "rmse_hd")], "≤ 0.48", lambda v: v <= 0.48)
+    add(f"ID kappa, {darl}", m[(darl, "id", "qwk")], "≥ 0.45", lambda v: v >= 0.45)
+    add(f"ID macro-F1, {darl}", m[(darl, "id", "macro_f1")], "≥ 0.52", lambda v: v >= 0.52)
+    add(f"OOD macro-F1, {darl}", m[(darl, "ood", "macro_f1")], "≥ 0.50", lambda v: v >= 0.50)
+    add(f"OOD kappa, {darl}", m[(darl, "ood", "qwk")], "≥ 0.45", lambda v: v >= 0.45)
+    for sp in ("id", "ood"):
+        add(f"{sp.upper()} inversion rate, {darl}", m[(darl, sp, "inversion_rate")], "≤ 0.02", lambda v: v <= 0.02)
+    for base in baselines:
+        for sp in ("id", "ood"):
+            add(f"{sp.upper()} macro-F1, {darl} − {base} (points)", gap(base, sp), "≥ +3", lambda v: v >= 3)
+            inv = gap(base, sp, "inversion_rate", 1.0)
+            add(f"{sp.upper()} inversion rate, {darl} − {base}", inv, "< 0", lambda v: v < 0)
     add(f"OOD macro-F1, {darl} − {sft} (points)", gap(sft, "ood"), "≥ +5", lambda v: v >= 5)
     add(f"ID macro-F1, {darl} − {sft} (points)", gap(sft, "id"), "≥ −0.5", lambda v: v >= -0.5)
     add(f"ID ECE, {darl}", m[(darl, "id", "ece")], "≤ 0.05", lambda v: v <= 0.05)
     add(f"OOD ECE, {darl}", m[(darl, "ood", "ece")], "≤ 0.08", lambda v: v <= 0.08)
-    if base:
-        for sp in ("id", "ood"):
-            add(f"{sp.upper()} macro-F1, {darl} − {base} (points)", gap(base, sp), "> 0", lambda v: v > 0)
     lines = [
         "### Targets",
         "",
@@ -202,12 +243,14 @@ def results_markdown(
     pending: list[str] | None = None,
     target_names: dict[str, str] | None = None,
     notes: str | None = None,
+    out_dir: Path | None = None,
 ) -> str:
+    """The page: the default artifact (and its learning curve, drawn into ``out_dir``), the rows, the targets."""
     lines = ["# Results", ""]
     if artifact_dir is not None and (artifact_dir / "manifest.json").is_file():
-        lines += artifact_section(artifact_dir)
+        lines += artifact_section(artifact_dir, out_dir)
     lines += [
-        "## DaRL ablations",
+        "## Rows: the default recipe, plain SFT, the baselines and the DaRL ablations",
         "",
         f"Generated by `darl experiment --config {spec_path}` on "
         f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
@@ -305,5 +348,5 @@ def _write(
     done = {f"{r['variant']}-s{r['seed']}" for r in rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     pending = [r for r in all_runs if r not in done]
-    out.write_text(results_markdown(rows, spec_path, artifact, pending, target_names, notes))
+    out.write_text(results_markdown(rows, spec_path, artifact, pending, target_names, notes, out.parent))
     log.info("wrote %s (%d rows)", out, len(rows))

@@ -69,11 +69,13 @@ def finetune(
     run_id: str = "",
     trunk_depth: int | None = None,
     on_step: Callable[[int, int], dict[str, Any] | None] | None = None,
+    targets: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train ``model``'s trainable weights in place; returns the loss history.
 
     ``seqs``: token ids per pair, or (with ``trunk_depth``) a ``training.trunk`` cache of the
     frozen trunk's states, so that each step runs only the layers from ``trunk_depth`` up.
+    ``targets``: optional soft targets ``[N, K]`` (``loss.soft_targets``), else one-hot ``labels``.
     ``on_step(step, total_steps)``: called after every optimizer step (the learning curve's hook: it
     evaluates when it wants to and returns a record, kept in the history, or None).
     ``cfg`` is a ``FinetuneConfig``. ``stop_after_steps`` ends the call after that
@@ -178,7 +180,8 @@ def finetune(
                 y = torch.as_tensor(labels_arr[idx], device=device)
                 with autocast(cfg.autocast):
                     logits = forward(idx)
-                loss, parts = loss_from_config(logits, y, cfg.loss, class_weights)
+                soft = torch.as_tensor(targets[idx], device=device) if targets is not None else None
+                loss, parts = loss_from_config(logits, y, cfg.loss, class_weights, soft)
                 weight = len(idx) / n_step  # exact mean over the step's pairs
                 (loss * weight).backward()
                 step_loss += loss.item() * weight

@@ -191,10 +191,13 @@ def run_cheap_baseline(cfg: TrainConfig, kind: str, progress: bool = True) -> di
     from training.data import load_splits, subsample
     from training.evaluate import summarize, with_candidates, write_report
     from training.provenance import machine
+    from training.ranking import training_foreign_pairs
 
     t0 = time.perf_counter()
     splits = load_splits(cfg)
     train = subsample(splits.train, cfg.finetune.max_train_pairs, cfg.seed + 10)
+    # the DaRL rows' foreign items too (`finetune.foreign_per_query`): the same kind of training pairs
+    train += training_foreign_pairs(train, cfg.finetune.foreign_per_query, cfg.seed + 11)
     model = LexicalModel(cfg.seed) if kind == "lexical" else PriorModel()
     model.fit(train)
     fit_s = time.perf_counter() - t0

@@ -31,28 +31,38 @@ def darl_loss(
     ordinal_weight: float = 0.0,
     ordinal_form: str = "expected_grade_mse",
     class_weights: Any = None,
+    targets: Any = None,
 ) -> tuple[Any, dict[str, float]]:
     """``(loss, parts)``: the scalar loss and each term's value for logging.
 
     ``class_weights`` (optional, ``[K]``) reweights the CE term, e.g. inverse class
     frequency so the rare ``irrelevant`` grade counts for macro-F1.
+    ``targets`` (optional, ``[B, K]`` rows summing to 1): soft targets in place of the
+    one-hot labels (``soft_targets``: the raters' mean grade spread over its two nearest
+    grades); CE and the ordinal term then use them, class weights weigh by ``labels``.
     """
     import torch
     import torch.nn.functional as F
 
     logits = logits.float()
     k = logits.shape[-1]
-    ce = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=label_smoothing)
     log_p = F.log_softmax(logits, dim=-1)
     p = log_p.exp()
+    if targets is None:
+        ce = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=label_smoothing)
+        target = F.one_hot(labels, k).to(p.dtype)
+    else:
+        target = targets.to(p.dtype)
+        smoothed = target * (1 - label_smoothing) + label_smoothing / k
+        per = -(smoothed * log_p).sum(-1)
+        w = class_weights[labels] if class_weights is not None else torch.ones_like(per)
+        ce = (per * w).sum() / w.sum()
     neg_entropy = (p * log_p).sum(-1).mean()
     if ordinal_form == "expected_grade_mse":
         grades = torch.arange(k, dtype=p.dtype, device=p.device)
-        ordinal = (((p @ grades) - labels.to(p.dtype)) / (k - 1)).pow(2).mean()
+        ordinal = (((p - target) @ grades) / (k - 1)).pow(2).mean()
     elif ordinal_form == "emd2":
-        cdf_p = p.cumsum(-1)
-        cdf_y = F.one_hot(labels, k).to(p.dtype).cumsum(-1)
-        ordinal = (cdf_p - cdf_y).pow(2).sum(-1).mean()
+        ordinal = (p.cumsum(-1) - target.cumsum(-1)).pow(2).sum(-1).mean()
     else:
         raise ValueError(f"unknown ordinal_form {ordinal_form!r}")
     loss = ce + confidence_penalty * neg_entropy + ordinal_weight * ordinal
@@ -69,7 +79,9 @@ def balanced_class_weights(labels: Any, num_labels: int) -> Any:
     return len(y) / (num_labels * counts)
 
 
-def loss_from_config(logits: Any, labels: Any, cfg: Any, class_weights: Any = None) -> tuple[Any, dict[str, float]]:
+def loss_from_config(
+    logits: Any, labels: Any, cfg: Any, class_weights: Any = None, targets: Any = None
+) -> tuple[Any, dict[str, float]]:
     """``darl_loss`` with the weights of a ``LossConfig``."""
     return darl_loss(
         logits,
@@ -79,4 +91,27 @@ def loss_from_config(logits: Any, labels: Any, cfg: Any, class_weights: Any = No
         ordinal_weight=cfg.ordinal_weight,
         ordinal_form=cfg.ordinal_form,
         class_weights=class_weights,
+        targets=targets,
     )
+
+
+# Home Depot's label thresholds on the raters' mean grade (shared/data/README.md): ≤ 1.67 irrelevant,
+# ≥ 2.5 strong. Soft targets map the mean grade piecewise-linearly onto 0..2 so that these thresholds
+# land on 0.5 and 1.5: the soft target's argmax is then always the hard label.
+_KNOTS = ((1.0, 0.0), (5 / 3, 0.5), (2.5, 1.5), (3.0, 2.0))
+
+
+def soft_target(label: int, raw: float | None, source: str, num_labels: int = 3) -> list[float]:
+    """Target distribution of one pair: Home Depot's mean grade spread over its two nearest grades,
+    one-hot elsewhere (CrowdFlower medians, foreign items, users' labels)."""
+    out = [0.0] * num_labels
+    if raw is None or source != "homedepot":
+        out[label] = 1.0
+        return out
+    import numpy as np
+
+    xs, ys = zip(*_KNOTS, strict=True)
+    g = float(np.interp(raw, xs, ys))
+    lo = min(int(g), num_labels - 2)
+    out[lo], out[lo + 1] = lo + 1 - g, g - lo
+    return out

@@ -12,18 +12,55 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from training.config import TrainConfig
-from training.data import Pair, Splits, data_fingerprint, hide_labels, load_splits, render_seqs, subsample
+from training.data import (
+    Pair,
+    Splits,
+    data_fingerprint,
+    hide_labels,
+    load_splits,
+    render_seqs,
+    subsample,
+    write_pairs_csv,
+)
 from training.provenance import machine, run_id
 from training.ranking import training_foreign_pairs
 
+if TYPE_CHECKING:
+    from training.interpolate import Interpolation
+    from training.selection import Selection
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResults:
+    """What each stage leaves for the later ones and for summary.json; None: the stage did not run."""
+
+    feats: dict[str, np.ndarray] | None = None  # stage-1 features of train, val_id, val_ood
+    probe_val: dict[str, Any] | None = None
+    selection: Selection | None = None
+    stage2: dict[str, Any] | None = None
+    interpolation: Interpolation | None = None
+    calibration: dict[str, Any] | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        """The stages' records under their summary.json / manifest keys."""
+        sel = self.selection
+        return {
+            "probe_val": self.probe_val,
+            "ood_auroc": sel.ood_auroc if sel else None,
+            "selection": sel.report if sel else None,
+            "stage2": self.stage2,
+            "interpolation": self.interpolation.report() if self.interpolation else None,
+            "calibration": self.calibration,
+        }
 
 
 @dataclass
@@ -34,7 +71,7 @@ class Context:
     tok: Any = None
     base_dir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    results: dict[str, Any] = field(default_factory=dict)
+    results: StageResults = field(default_factory=StageResults)
     progress: bool = True
     trunk_depth: int | None = None  # frozen layers whose states are cached (finetune.cache_trunk)
     trunks: dict[str, Any] = field(default_factory=dict)
@@ -185,7 +222,7 @@ def stage1(ctx: Context) -> None:
     if not (cfg.probe.enabled or (cfg.dasa.enabled and cfg.dasa.strategy == "dasa")):
         return
     with ctx.timed("stage1_features"):
-        ctx.results["feats"] = {
+        ctx.results.feats = {
             "train": _features(ctx, "train", s.train),
             "val_id": _features(ctx, "val_id", s.val_id),
             "val_ood": _features(ctx, "val_ood", s.val_ood),
@@ -200,7 +237,8 @@ def fit_head(ctx: Context, added: list[Pair]) -> None:
 
     cfg, s = ctx.cfg, ctx.splits
     with ctx.timed("stage1_probe"):
-        f = ctx.results["feats"]
+        f = ctx.results.feats
+        assert f is not None, "fit_head runs after stage1's features"
         x, y = f["train"], np.array([p.label for p in s.train])
         if added:
             x = np.concatenate([x, _features(ctx, "selected", added)])
@@ -213,68 +251,32 @@ def fit_head(ctx: Context, added: list[Pair]) -> None:
         best = select_probe(x, y, val, cfg.probe, cfg.interpolate.objective, cfg.seed)
         set_head(ctx.model, best["weight"], best["bias"])
         np.savez(ctx.run_dir / "probe_head.npz", weight=best["weight"])
-        ctx.results["probe_val"] = {"l2": best["l2"], "pairs": len(y), "dasa_pairs": len(added), **best["val"]}
+        ctx.results.probe_val = {"l2": best["l2"], "pairs": len(y), "dasa_pairs": len(added), **best["val"]}
         log.info("probe: picked l2=%g", best["l2"])
 
 
 def dasa(ctx: Context, labels_csv: Path | None = None) -> list[Pair]:
-    """Score the pool, select under the budget, return the newly labelled pairs."""
-    from training.ood import DasaScorer, auroc
-    from training.selection import import_labels, reveal, select_dasa, select_random
+    """Score the pool, select under the budget, return the newly labelled pairs (``training.selection``).
+
+    With ``labels_csv`` (``darl select --export``) it stops after writing ``selection.csv``.
+    """
+    from training.selection import DasaFeatures, run_selection
 
     cfg, s, dc = ctx.cfg, ctx.splits, ctx.cfg.dasa
     if not dc.enabled or not s.pool:
         return []
     with ctx.timed("dasa"):
-        pool = hide_labels(s.pool)
-        scores = None
-        if dc.strategy == "dasa":
-            f = ctx.results["feats"]
-            pool_feats = _features(ctx, "pool", pool)
-            scorer = DasaScorer.fit(
-                f["train"],
-                np.array([p.label for p in s.train]),
-                f["val_id"],
-                dc.shrinkage,
-                dc.knn_k,
-                dc.mahalanobis_weight,
-                dc.knn_weight,
-            )
-            all_scores = scorer.scores(pool_feats)
-            is_ood = np.array([p.source in s.ood_sources for p in pool])
-            ctx.results["ood_auroc"] = {k: auroc(v, is_ood) for k, v in all_scores.items()}
-            log.info("OOD AUROC (pool, OOD source vs ID): %s", ctx.results["ood_auroc"])
-            scores = all_scores["combined"]
-            idx = select_dasa(pool, scores, dc.budget, dc.per_query_cap)
-        else:
-            idx = select_random(pool, dc.budget, dc.per_query_cap, cfg.seed)
-        chosen = [pool[i] for i in idx]
-        chosen_scores = [float(scores[i]) if scores is not None else float("nan") for i in idx]
-        ctx.results["selection"] = {
-            "strategy": dc.strategy,
-            "budget": dc.budget,
-            "selected": len(chosen),
-            "ood_fraction": float(np.mean([p.source in s.ood_sources for p in chosen])) if chosen else 0.0,
-            "queries": len({p.query for p in chosen}),
-        }
-        from training.selection import export_for_labelling
-
-        export_for_labelling(chosen, chosen_scores, ctx.run_dir / "selection.csv")
-        if labels_csv is not None:
-            return []
-        if dc.label_source == "import":
-            path = ctx.run_dir / "imported_labels.csv"
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} not found: run `darl select --config … --export FILE`, label FILE, "
-                    "then `darl select --config … --import FILE`"
-                )
-            added = import_labels(path, s.pool)
-        else:
-            added = reveal(chosen, {p.pair_id: p for p in s.pool})
-        ctx.results["selection"]["labelled"] = len(added)
-        log.info("selection: %s", ctx.results["selection"])
-        return added
+        feats = None
+        f = ctx.results.feats
+        if dc.strategy == "dasa" and f is not None:
+            feats = DasaFeatures(f["train"], f["val_id"], _features(ctx, "pool", hide_labels(s.pool)))
+        ctx.results.selection = run_selection(
+            s.pool, s.train, dc, cfg.seed, s.ood_sources, ctx.run_dir, feats, export_only=labels_csv is not None
+        )
+    added = ctx.results.selection.added
+    if added:  # the labelled pairs as training data for the baselines' rows (`data.extra_files`)
+        write_pairs_csv([replace(p, split=cfg.data.train_split) for p in added], ctx.run_dir / "dasa_pairs.csv")
+    return added
 
 
 def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None) -> tuple[dict, dict] | None:
@@ -288,7 +290,11 @@ def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None)
     ctx.model = prepare_trainable(ctx.model, fc.method, fc.lora, fc.trainable_top())
     s1 = trainable_state(ctx.model)
     train = subsample(ctx.splits.train, fc.max_train_pairs, cfg.seed + 10)
-    foreign = training_foreign_pairs(ctx.splits.train, fc.foreign_per_query, cfg.seed + 11)
+    # foreign items for the train queries from other train queries, and for the DASA queries (mostly
+    # the OOD domain) from other DASA queries: both domains learn that an unrelated item is irrelevant
+    foreign = training_foreign_pairs(train, fc.foreign_per_query, cfg.seed + 11) + training_foreign_pairs(
+        list(added), fc.foreign_per_query, cfg.seed + 12
+    )
     pairs = train + list(added) + foreign
     with ctx.timed("stage2_finetune"):
         inputs: Any = _seqs(ctx, pairs)
@@ -314,11 +320,12 @@ def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None)
             run_id=run_id(cfg, added),
             trunk_depth=ctx.trunk_depth,
             on_step=_curve_hook(ctx, fc.batch_size * fc.grad_accum),
+            targets=soft_targets(pairs) if fc.loss.soft_targets else None,
         )
     if info["steps"] < info.get("total_steps", info["steps"]):
         raise InterruptedError(f"stage 2 stopped at step {info['steps']}/{info['total_steps']}")
     hist = info["history"]
-    ctx.results["stage2"] = {
+    ctx.results.stage2 = {
         "train_pairs": len(pairs),
         "dasa_pairs": len(added),
         "foreign_pairs": len(foreign),
@@ -331,6 +338,12 @@ def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None)
     }
     (ctx.run_dir / "stage2_history.json").write_text(json.dumps(hist) + "\n")
     return s1, trainable_state(ctx.model)
+
+
+def soft_targets(pairs: list[Pair]) -> np.ndarray:
+    from training.losses import soft_target
+
+    return np.array([soft_target(p.label, p.raw_relevance, p.source) for p in pairs], dtype=np.float32)
 
 
 def _curve_hook(ctx: Context, pairs_per_step: int) -> Any:
@@ -365,96 +378,47 @@ def _curve_hook(ctx: Context, pairs_per_step: int) -> Any:
 
 
 def stage3(ctx: Context, states: tuple[dict, dict] | None) -> None:
-    """Pick the interpolation coefficient on ID+OOD val and apply it."""
-    from relevance_core.postprocess import probs_from_logits
-    from training.evaluate import metrics_for
-    from training.interpolate import interpolate_state, pick_coefficient
-    from training.metrics import objective
-    from training.model import load_trainable_state
-    from training.probe import head_logits
+    """Pick the interpolation coefficient on ID+OOD val and apply it (``training.interpolate``), then,
+    with ``interpolate.temperature``, fold a temperature fitted on ID+OOD val into the head (``training.calibration``).
+    """
+    from training.interpolate import Interpolation, plot_curve, run_interpolation
 
     cfg = ctx.cfg
     if states is None:
         return
     s1, s2 = states
     if not cfg.interpolate.enabled:
-        ctx.results["interpolation"] = {"coef": 1.0, "curve": []}
+        ctx.results.interpolation = Interpolation(coef=1.0, curve=[])
         return
-    s = ctx.splits
+    s, f = ctx.splits, ctx.results.feats
+    # Stage 1 is the frozen backbone + probed head only under LoRA: then c = 0 needs no forward pass.
+    stage1_feats = {"id": f["val_id"], "ood": f["val_ood"]} if f is not None and cfg.finetune.method == "lora" else None
 
-    feats = ctx.results.get("feats")
-    head_key = next(k for k in s1 if k.endswith("score.weight"))
-    has_bias = any(k.endswith("score.bias") for k in s1)
-
-    val_probs: dict[float, dict[str, np.ndarray]] = {}
-
-    def evaluate(c: float) -> tuple[float, dict]:
-        load_trainable_state(ctx.model, interpolate_state(s1, s2, c))
-        m = {}
-        for name, pairs in (("id", s.val_id), ("ood", s.val_ood)):
-            if pairs and c == 0.0 and feats is not None and cfg.finetune.method == "lora" and not has_bias:
-                # Stage 1 = frozen backbone + stage-1 head: its val logits are the cached features
-                # times that head, no forward pass needed.
-                probs = probs_from_logits(head_logits(feats[f"val_{name}"], s1[head_key].float().numpy()))
-            elif pairs:
-                probs = _predict(ctx, pairs, f"val c={c:g} {name}", f"val_{name}")
-            else:
-                continue
-            val_probs.setdefault(c, {})[name] = probs
-            full = metrics_for(pairs, probs, cfg.eval.ece_bins)
-            m[name] = {k: full[k] for k in ("accuracy", "macro_f1", "ece", "qwk")}
-        return objective(cfg.interpolate.objective, m.get("id"), m.get("ood")), m
+    def predict(pairs: list[Pair], desc: str, name: str) -> np.ndarray:
+        return _predict(ctx, pairs, desc, name)
 
     with ctx.timed("stage3_interpolate"):
-        best, curve = pick_coefficient(cfg.interpolate.grid, evaluate)
-        load_trainable_state(ctx.model, interpolate_state(s1, s2, best))
-    ctx.results["interpolation"] = {"coef": best, "objective": cfg.interpolate.objective, "curve": curve}
-    log.info("interpolation: best coef %.2f (%s)", best, [(r["coef"], round(r["objective"], 4)) for r in curve])
-    _plot_curve(ctx.run_dir / "interpolation.png", curve)
-    if cfg.interpolate.temperature and val_probs.get(best):
-        _calibrate(ctx, val_probs[best])
+        interp = run_interpolation(
+            ctx.model,
+            s1,
+            s2,
+            predict,
+            {"id": s.val_id, "ood": s.val_ood},
+            cfg.interpolate,
+            cfg.eval.ece_bins,
+            stage1_feats,
+        )
+    ctx.results.interpolation = interp
+    curve = interp.curve
+    log.info("interpolation: best coef %.2f (%s)", interp.coef, [(r["coef"], round(r["objective"], 4)) for r in curve])
+    plot_curve(ctx.run_dir / "interpolation.png", curve)
+    if cfg.interpolate.temperature and interp.val_probs:
+        from training.calibration import calibrate
+        from training.model import classification_head
 
-
-def _calibrate(ctx: Context, probs_by_domain: dict[str, np.ndarray]) -> None:
-    """Temperature scaling on ID+OOD val, folded into the head (argmax unchanged)."""
-    from relevance_core.postprocess import probs_from_logits
-    from training.calibration import fit_temperature, fold_temperature
-    from training.metrics import compute_metrics
-    from training.model import classification_head
-
-    s, bins = ctx.splits, ctx.cfg.eval.ece_bins
-    doms = [d for d in ("id", "ood") if d in probs_by_domain]
-    labels = {"id": np.array([p.label for p in s.val_id]), "ood": np.array([p.label for p in s.val_ood])}
-    t = fit_temperature(np.concatenate([probs_by_domain[d] for d in doms]), np.concatenate([labels[d] for d in doms]))
-    fold_temperature(classification_head(ctx.model), t)
-    report: dict[str, Any] = {"temperature": round(t, 4)}
-    for d in doms:
-        scaled = probs_from_logits(np.log(np.clip(probs_by_domain[d], 1e-12, 1.0)) / t)
-        report[f"val_ece_{d}"] = {
-            "before": compute_metrics(probs_by_domain[d], labels[d], n_bins=bins)["ece"],
-            "after": compute_metrics(scaled, labels[d], n_bins=bins)["ece"],
-        }
-    ctx.results["calibration"] = report
-    log.info("temperature scaling: %s", report)
-
-
-def _plot_curve(path: Path, curve: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    xs = [r["coef"] for r in curve]
-    for dom in ("id", "ood"):
-        if all(dom in r for r in curve):
-            ax.plot(xs, [r[dom]["macro_f1"] for r in curve], "o-", label=f"{dom} val macro-F1")
-    ax.plot(xs, [r["objective"] for r in curve], "k--", label="objective")
-    ax.set_xlabel("interpolation coefficient (0 = stage 1, 1 = stage 2)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        labels = {"id": np.array([p.label for p in s.val_id]), "ood": np.array([p.label for p in s.val_ood])}
+        ctx.results.calibration = calibrate(classification_head(ctx.model), interp.val_probs, labels, cfg.eval.ece_bins)
+        log.info("temperature scaling: %s", ctx.results.calibration)
 
 
 def evaluate_test(ctx: Context) -> dict[str, Any]:
@@ -470,10 +434,20 @@ def evaluate_test(ctx: Context) -> dict[str, Any]:
         return write_report(ctx.run_dir / "eval", groups, f"{cfg.name}: test metrics", cfg.eval.ece_bins)
 
 
-def run(
+@dataclass
+class TrainedRun:
+    """``train``'s outcome: the summary, and the trained model with its tokenizer and splits for in-process use."""
+
+    summary: dict[str, Any]
+    model: Any
+    tok: Any
+    splits: Splits
+
+
+def train(
     cfg: TrainConfig, export: bool = True, progress: bool = True, stop_after_steps: int | None = None
-) -> dict[str, Any]:
-    """All stages; returns the summary also written to ``<run_dir>/summary.json``."""
+) -> TrainedRun:
+    """All stages; the summary is also written to ``<run_dir>/summary.json``."""
     from training.evaluate import summarize
     from training.export import export_artifact
 
@@ -490,12 +464,7 @@ def run(
         **summarize(test),
         "id_split": f"{cfg.data.id_files} {cfg.data.test_split}",
         "ood_split": f"{cfg.data.ood_files} {cfg.data.test_split}",
-        "probe_val": ctx.results.get("probe_val"),
-        "ood_auroc": ctx.results.get("ood_auroc"),
-        "selection": ctx.results.get("selection"),
-        "stage2": ctx.results.get("stage2"),
-        "interpolation": ctx.results.get("interpolation"),
-        "calibration": ctx.results.get("calibration"),
+        **ctx.results.metrics(),
     }
     ctx.timings["total"] = round(time.perf_counter() - t0, 1)
     metrics["timings_s"] = dict(ctx.timings)
@@ -523,4 +492,11 @@ def run(
         **metrics,
     }
     (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    return summary | {"_context": ctx}
+    return TrainedRun(summary, ctx.model, ctx.tok, ctx.splits)
+
+
+def run(
+    cfg: TrainConfig, export: bool = True, progress: bool = True, stop_after_steps: int | None = None
+) -> dict[str, Any]:
+    """All stages; returns the summary also written to ``<run_dir>/summary.json`` (``train`` keeps the model too)."""
+    return train(cfg, export, progress, stop_after_steps).summary

@@ -36,7 +36,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    out = f"{cpu}, {os.cpu_count()} cores"
+    flags = set(cpu_flags())
+    kinds = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512-BF16"), ("avx2", "AVX2"))
+    kind = next((name for flag, name in kinds if flag in flags), "")
+    out = f"{cpu}, {os.cpu_count()} cores" + (f", {kind}" if kind else "")
     try:
         import torch
 

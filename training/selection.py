@@ -5,19 +5,27 @@ training set first) and takes up to ``budget`` pairs with at most
 ``per_query_cap`` per query, so a few odd queries cannot eat the budget. The
 random control draws the same budget under the same cap. Ties break by pair id,
 so a selection is a pure function of (scores, pool, budget, cap, seed).
+``run_selection`` is the whole DASA stage of ``darl train``: score, select, export, label.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.data import Pair, load_pairs, write_pairs_csv
+from training.data import Pair, hide_labels, load_pairs, write_pairs_csv
+
+if TYPE_CHECKING:
+    from training.config import DasaConfig
+
+log = logging.getLogger(__name__)
 
 
 def _capped(order: Sequence[int], pool: Sequence[Pair], budget: int, cap: int) -> list[int]:
@@ -79,3 +87,89 @@ def import_labels(path: str | Path, pool: Sequence[Pair]) -> list[Pair]:
     if problems:
         raise DataError("annotated file rejected:\n  " + "\n  ".join(problems[:20]))
     return out
+
+
+@dataclass
+class DasaFeatures:
+    """Frozen-backbone features the DASA scorer reads: it is fitted on train (+ ID val) and scores the pool."""
+
+    train: np.ndarray
+    val_id: np.ndarray
+    pool: np.ndarray  # rows in the order of the pool passed to ``run_selection``
+
+
+@dataclass
+class Selection:
+    """The DASA stage's outcome; ``report`` and ``ood_auroc`` go to summary.json as they are."""
+
+    added: list[Pair]  # the newly labelled pool pairs (empty when only exporting for labelling)
+    report: dict[str, Any]
+    ood_auroc: dict[str, float | None] | None = None  # per detector; None for the random control
+
+
+def run_selection(
+    pool: Sequence[Pair],
+    train: Sequence[Pair],
+    dc: DasaConfig,
+    seed: int,
+    ood_sources: Collection[str],
+    run_dir: Path,
+    feats: DasaFeatures | None = None,
+    export_only: bool = False,
+) -> Selection:
+    """Score the pool (labels hidden), select under the budget, write ``run_dir/selection.csv``, then label
+    the selection: held-back labels revealed, or ``run_dir/imported_labels.csv`` read back.
+
+    ``pool`` carries its labels (the experiments' annotators); ``feats`` is needed by the ``dasa`` strategy.
+    ``export_only``: stop after the CSV (``darl select --export``), nothing labelled yet.
+    """
+    from training.ood import DasaScorer, auroc
+
+    hidden = hide_labels(pool)
+    scores = None
+    ood_auroc = None
+    if dc.strategy == "dasa":
+        if feats is None:
+            raise ValueError("the dasa strategy needs the stage-1 features of train, val_id and the pool")
+        scorer = DasaScorer.fit(
+            feats.train,
+            np.array([p.label for p in train]),
+            feats.val_id,
+            dc.shrinkage,
+            dc.knn_k,
+            dc.mahalanobis_weight,
+            dc.knn_weight,
+        )
+        all_scores = scorer.scores(feats.pool)
+        is_ood = np.array([p.source in ood_sources for p in hidden])
+        ood_auroc = {k: auroc(v, is_ood) for k, v in all_scores.items()}
+        log.info("OOD AUROC (pool, OOD source vs ID): %s", ood_auroc)
+        scores = all_scores["combined"]
+        idx = select_dasa(hidden, scores, dc.budget, dc.per_query_cap)
+    else:
+        idx = select_random(hidden, dc.budget, dc.per_query_cap, seed)
+    chosen = [hidden[i] for i in idx]
+    chosen_scores = [float(scores[i]) if scores is not None else float("nan") for i in idx]
+    report: dict[str, Any] = {
+        "strategy": dc.strategy,
+        "budget": dc.budget,
+        "selected": len(chosen),
+        "ood_fraction": float(np.mean([p.source in ood_sources for p in chosen])) if chosen else 0.0,
+        "queries": len({p.query for p in chosen}),
+    }
+    export_for_labelling(chosen, chosen_scores, run_dir / "selection.csv")
+    if export_only:
+        return Selection([], report, ood_auroc)
+    if dc.label_source == "import":
+        path = run_dir / "imported_labels.csv"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: run `darl select --config … --export FILE`, label FILE, "
+                "then `darl select --config … --import FILE`"
+            )
+        added = import_labels(path, pool)
+    else:
+        added = reveal(chosen, {p.pair_id: p for p in pool})
+    report["labelled"] = len(added)
+    log.info("selection: %s", report)
+    return Selection(added, report, ood_auroc)

@@ -55,7 +55,7 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     from training.evaluate import predict
     from training.export import load_for_eval
     from training.features import encode
-    from training.pipeline import run
+    from training.pipeline import train
 
     # uncached, num_layers=1: the classifier keeps the first of the tiny base's two layers, in training and
     # serving alike. cached: both layers, the first frozen and cached (training.trunk), LoRA on the second,
@@ -65,8 +65,8 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     if cached:
         finetune = cfg.finetune.model_copy(update={"cache_trunk": True, "foreign_per_query": 1})
         cfg = cfg.model_copy(update={"finetune": finetune, "eval": cfg.eval.model_copy(update={"curve_points": 2})})
-    summary = run(cfg, progress=False)
-    ctx = summary.pop("_context")
+    trained = train(cfg, progress=False)
+    summary = trained.summary
     assert summary["stage2"]["trunk_depth"] == (1 if cached else None)
     assert (summary["stage2"]["foreign_pairs"] > 0) == cached
     curve = summary["stage2"]["curve"]  # the learning curve: val metrics during stage 2
@@ -108,10 +108,10 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
 
     served = AutoModelForSequenceClassification.from_pretrained(loaded.checkpoint_dir, dtype=torch.float32).eval()
     assert served.config.num_hidden_layers == layers == len(served.model.layers)
-    pairs = ctx.splits.test_id[:20] + ctx.splits.test_ood[:20]
-    seqs, _ = render_pairs(PromptRenderer(ctx.tok, cfg.max_length), pairs)
-    pad = ctx.tok.pad_token_id
-    _, train_logits = encode(ctx.model, seqs, pad, 16, "float32", want_features=False, progress=False)
+    pairs = trained.splits.test_id[:20] + trained.splits.test_ood[:20]
+    seqs, _ = render_pairs(PromptRenderer(trained.tok, cfg.max_length), pairs)
+    pad = trained.tok.pad_token_id
+    _, train_logits = encode(trained.model, seqs, pad, 16, "float32", want_features=False, progress=False)
     _, served_logits = encode(served, seqs, pad, 16, "float32", want_features=False, progress=False)
     np.testing.assert_allclose(probs_from_logits(served_logits), probs_from_logits(train_logits), atol=1e-5)
     # The training-side loader (used by `darl eval`) agrees too.
@@ -126,20 +126,18 @@ def test_resume_gives_same_weights(tmp_path: Path, data_root: Path, tiny_base_di
     """Killing stage 2 and rerunning resumes from the checkpoint and ends identical."""
     import torch
 
-    from training.pipeline import run
+    from training.pipeline import train
 
-    full = run(tiny_config(tmp_path / "a", data_root, tiny_base_dir), export=False, progress=False)
+    full = train(tiny_config(tmp_path / "a", data_root, tiny_base_dir), export=False, progress=False)
     cfg_b = tiny_config(tmp_path / "b", data_root, tiny_base_dir)
     with pytest.raises(InterruptedError):
-        run(cfg_b, export=False, progress=False, stop_after_steps=3)
+        train(cfg_b, export=False, progress=False, stop_after_steps=3)
     assert (cfg_b.run_path / "stage2" / "last.pt").is_file()
-    resumed = run(cfg_b, export=False, progress=False)
-    a = full.pop("_context").model
-    b = resumed.pop("_context").model
-    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+    resumed = train(cfg_b, export=False, progress=False)
+    for (na, pa), (nb, pb) in zip(full.model.named_parameters(), resumed.model.named_parameters(), strict=True):
         assert na == nb
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
-    assert full["id"] == resumed["id"] and full["ood"] == resumed["ood"]
+    assert full.summary["id"] == resumed.summary["id"] and full.summary["ood"] == resumed.summary["ood"]
 
 
 @pytest.mark.slow
@@ -153,7 +151,6 @@ def test_a_checkpoint_of_another_config_is_set_aside_not_resumed(
         run(tiny_config(tmp_path, data_root, tiny_base_dir), export=False, progress=False, stop_after_steps=3)
     changed = tiny_config(tmp_path, data_root, tiny_base_dir, num_layers=1)  # other trainable weights
     summary = run(changed, export=False, progress=False)
-    summary.pop("_context")
     stage2 = changed.run_path / "stage2"
     assert (stage2 / "last.stale.pt").is_file()
     assert summary["stage2"]["steps"] == len(json.loads((changed.run_path / "stage2_history.json").read_text()))

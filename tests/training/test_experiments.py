@@ -61,23 +61,28 @@ def test_experiment_table(tmp_path: Path, data_root: Path, tiny_base_dir: Path) 
 def test_targets_are_computed_from_the_rows_means_over_seeds() -> None:
     from training.experiments import targets_section
 
-    def row(variant: str, seed: int, id_f1: float, ood_f1: float, ece: float = 0.04) -> dict:
-        split = {"macro_f1": ood_f1, "ece": ece}
-        return {"variant": variant, "seed": seed, "summary": {"id": {"macro_f1": id_f1, "ece": ece}, "ood": split}}
+    def row(variant: str, seed: int, id_f1: float, ood_f1: float, ece: float = 0.04, inv: float = 0.05) -> dict:
+        split = {"macro_f1": ood_f1, "ece": ece, "inversion_rate": inv}
+        summary = {"id": {"macro_f1": id_f1, "ece": ece, "rmse_hd": 0.5, "qwk": 0.5, "inversion_rate": inv}}
+        return {"variant": variant, "seed": seed, "summary": {**summary, "ood": split}}
 
     rows = [
         row("sft", 1, 0.50, 0.30),
         row("sft", 2, 0.52, 0.32),
-        row("full-darl", 1, 0.50, 0.40, ece=0.09),
-        row("full-darl", 2, 0.50, 0.38, ece=0.09),
+        row("full-darl", 1, 0.50, 0.40, ece=0.09, inv=0.01),
+        row("full-darl", 2, 0.50, 0.38, ece=0.09, inv=0.02),
         row("minilm", 1, 0.55, 0.20),
     ]
     text = "\n".join(targets_section(rows, {"sft": "sft", "darl": "full-darl", "baseline": "minilm"}))
+    assert "| ID RMSE of the expected grade, full-darl | 0.500 | ≤ 0.48 | no |" in text
+    assert "| ID inversion rate, full-darl | 0.015 | ≤ 0.02 | yes |" in text
+    assert "| OOD inversion rate, full-darl − minilm | -0.035 | < 0 | yes |" in text
+    assert "| OOD kappa, full-darl | – | ≥ 0.45 | – |" in text  # no OOD kappa in these rows
     assert "| OOD macro-F1, full-darl − sft (points) | +8.0 | ≥ +5 | yes |" in text
     assert "| ID macro-F1, full-darl − sft (points) | -1.0 | ≥ −0.5 | no |" in text
     assert "| ID ECE, full-darl | 0.090 | ≤ 0.05 | no |" in text
-    assert "| ID macro-F1, full-darl − minilm (points) | -5.0 | > 0 | no |" in text
-    assert "| OOD macro-F1, full-darl − minilm (points) | +19.0 | > 0 | yes |" in text
+    assert "| ID macro-F1, full-darl − minilm (points) | -5.0 | ≥ +3 | no |" in text
+    assert "| OOD macro-F1, full-darl − minilm (points) | +19.0 | ≥ +3 | yes |" in text
     missing = "\n".join(targets_section(rows[:2], {}))
     assert "| OOD ECE, full-darl | – | ≤ 0.08 | – |" in missing
 
@@ -88,3 +93,17 @@ def test_findings_notes_are_included_verbatim(tmp_path: Path) -> None:
     text = results_markdown([], tmp_path / "exp.yaml", notes="The loss helped nowhere.\n")
     assert "### Findings\n\nThe loss helped nowhere.\n" in text
     assert "### Findings" not in results_markdown([], tmp_path / "exp.yaml")
+
+
+def test_learning_curve_is_drawn_and_tabled(tmp_path: Path) -> None:
+    from training.curves import plot_learning_curve
+
+    curve = [
+        {"step": s, "pairs_seen": 32 * s, "wall_s": 2.0 * s, "eval_s": 0.1 * s,
+         "id": {"macro_f1": 0.3 + s / 100, "qwk": 0.2, "rmse_hd": 0.6, "inversion_rate": 0.1 / s},
+         "ood": {"macro_f1": 0.25, "qwk": 0.1, "rmse_hd": None, "inversion_rate": 0.3}}
+        for s in (1, 2, 4)
+    ]  # fmt: skip
+    png = plot_learning_curve(curve, tmp_path / "docs" / "learning-curve.png", "t")
+    assert png is not None and png.stat().st_size > 1000
+    assert plot_learning_curve([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

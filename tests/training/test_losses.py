@@ -88,3 +88,35 @@ def test_label_smoothing_and_bad_form() -> None:
     assert smooth.item() == pytest.approx(torch.nn.functional.cross_entropy(z, y, label_smoothing=0.1).item())
     with pytest.raises(ValueError):
         darl_loss(z, y, ordinal_form="nope")
+
+
+def test_soft_targets_put_the_label_thresholds_at_the_grade_midpoints() -> None:
+    from training.losses import soft_target
+
+    assert soft_target(2, 3.0, "homedepot") == pytest.approx([0, 0, 1])
+    assert soft_target(0, 1.0, "homedepot") == pytest.approx([1, 0, 0])
+    # 5/3 (the irrelevant/weak threshold) -> grade 0.5: half irrelevant, half weak
+    assert soft_target(0, 5 / 3, "homedepot") == pytest.approx([0.5, 0.5, 0])
+    assert soft_target(2, 2.5, "homedepot") == pytest.approx([0, 0.5, 0.5])
+    # 2.33 (weak): grade 0.5 + (2.33 - 1.667) / 0.833 = 1.3 -> 70 % weak, 30 % strong; argmax = the hard label
+    assert soft_target(1, 7 / 3, "homedepot") == pytest.approx([0, 0.7, 0.3])
+    assert soft_target(1, 3.0, "crowdflower") == [0.0, 1.0, 0.0]  # one-hot off Home Depot
+    assert soft_target(0, None, "homedepot") == [1.0, 0.0, 0.0]
+
+
+def test_one_hot_targets_give_the_hard_label_loss() -> None:
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    y = torch.tensor([0, 2])
+    w = torch.tensor([1.0, 2.0, 3.0])
+    kw = {"confidence_penalty": 0.1, "ordinal_weight": 0.5, "class_weights": w}
+    hard, _ = darl_loss(logits, y, **kw)
+    soft, _ = darl_loss(logits, y, targets=torch.nn.functional.one_hot(y, 3).float(), **kw)
+    assert soft.item() == pytest.approx(hard.item(), rel=1e-6)
+
+
+def test_soft_target_ce_and_ordinal_hand_case() -> None:
+    logits = torch.zeros(1, 3)  # uniform: E[g] = 1
+    t = torch.tensor([[0.0, 0.7, 0.3]])  # E[target] = 1.3
+    _, parts = darl_loss(logits, torch.tensor([1]), ordinal_weight=1.0, targets=t)
+    assert parts["ce"] == pytest.approx(math.log(3))
+    assert parts["ordinal"] == pytest.approx(((1 - 1.3) / 2) ** 2)
