@@ -3,6 +3,7 @@
 Usage (from the repo root, after ``make install``)::
 
     .venv/bin/python benchmarks/engines.py [--model-dir DIR] [--pairs 1024] [--repeats 5]
+    .venv/bin/python benchmarks/engines.py --quality --engines torch-fp32,torch-int8
 
 Pairs are real (query, title) rows of the Home Depot test split, rendered with
 the production template. Each engine is started once, warmed up, then scores
@@ -11,6 +12,11 @@ micro-batcher hands it under load); the median pairs/s is reported. Speed does
 not depend on the weights, so without a trained artifact the real base model
 with a random head is used. Results go to ``benchmarks/results/engines.json``
 and a markdown table on stdout.
+
+``--quality`` instead scores the whole Home Depot and CrowdFlower test sets with
+each engine and reports, against the first engine listed (the reference), the
+largest |Δp| and the share of changed labels, and every engine's macro-F1 and
+quadratic kappa (``benchmarks/results/engines-quality.json``).
 """
 
 from __future__ import annotations
@@ -37,8 +43,79 @@ ENGINE_CONFIGS = {
     "torch-fp32": ("torch", "float32", {}),
     "vllm-bf16": ("vllm", "bfloat16", {}),  # model threads on every core (the default)
     "vllm-bf16-autobind": ("vllm", "bfloat16", {"vllm_cpu_threads_bind": "auto"}),  # vLLM's own: 1 core kept
+    "vllm-fp32": ("vllm", "float32", {}),
     "vllm-fp32-eager": ("vllm", "float32", {"vllm_enforce_eager": True}),
+    "torch-int8": ("torch", "int8", {}),
+    "torch-int8-sb2048": ("torch", "int8", {"torch_sub_batch_tokens": 2048}),
+    "torch-int8-sb4096": ("torch", "int8", {"torch_sub_batch_tokens": 4096}),
+    "torch-int8-prefix": ("torch", "int8", {"torch_prefix_reuse": True}),
 }
+
+
+def cpu_features() -> str:
+    """The vector extensions that decide the engine and dtype (AVX2, AVX-512 variants, AMX)."""
+    import re
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return " ".join(sorted(set(re.findall(r"\b(avx2|avx512[a-z_0-9]*|amx[a-z_0-9]*)\b", text)))) or "no AVX2"
+
+
+def load_test_sets(root: Path) -> dict[str, list[tuple[str, str, str | None, str]]]:
+    """The whole test splits: (query, title, description, label) per pair."""
+    out: dict[str, list[tuple[str, str, str | None, str]]] = {}
+    for domain, name in (("id", "homedepot.csv.gz"), ("ood", "crowdflower.csv.gz")):
+        with gzip.open(root / name, "rt", newline="") as f:
+            out[domain] = [
+                (r["query"], r["item_title"], r["item_description"] or None, r["label"])
+                for r in csv.DictReader(f)
+                if r["split"] == "test"
+            ]
+    return out
+
+
+async def quality(names: list[str], ckpt: Path, max_length: int, renderer, data_root: Path) -> dict:
+    """Every engine over the whole test sets; agreement with the first engine and test metrics."""
+    import numpy as np
+    from sklearn.metrics import cohen_kappa_score, f1_score
+
+    from relevance_core.labels import LABELS
+    from service.engine_factory import create_engine
+    from service.settings import Settings
+
+    sets = load_test_sets(data_root)
+    probs: dict[str, dict[str, np.ndarray]] = {}
+    for name in names:
+        kind, dtype, extra = ENGINE_CONFIGS[name]
+        engine = create_engine(Settings(engine=kind, dtype=dtype, **extra), ckpt, max_length)
+        await engine.start()
+        try:
+            probs[name] = {}
+            for domain, rows in sets.items():
+                ids = [renderer.render(q, t, d).token_ids for q, t, d, _ in rows]
+                out = [await engine.score(ids[i : i + 64]) for i in range(0, len(ids), 64)]
+                probs[name][domain] = np.concatenate(out)
+        finally:
+            await engine.stop()
+        print(f"== {name} scored", file=sys.stderr, flush=True)
+    ref = names[0]
+    rows = []
+    for name in names:
+        for domain, pairs in sets.items():
+            y = np.array([LABELS.index(r[3]) for r in pairs])
+            p, p_ref = probs[name][domain], probs[ref][domain]
+            pred = p.argmax(1)
+            rows.append(
+                {
+                    "engine": name,
+                    "domain": domain,
+                    "pairs": len(pairs),
+                    "max_abs_dp_vs_ref": round(float(np.abs(p - p_ref).max()), 4),
+                    "changed_labels_vs_ref": round(float((pred != p_ref.argmax(1)).mean()), 4),
+                    "macro_f1": round(float(f1_score(y, pred, average="macro")), 4),
+                    "qwk": round(float(cohen_kappa_score(y, pred, weights="quadratic")), 4),
+                }
+            )
+    return {"reference": ref, "rows": rows}
 
 
 def load_pairs(path: Path, n: int) -> list[tuple[str, str, str | None]]:
@@ -66,7 +143,7 @@ def model_checkpoint(model_dir: Path | None, cache: Path) -> tuple[Path, int, st
 
 
 async def bench_engine(name: str, ckpt: Path, max_length: int, batches, repeats: int) -> dict:
-    from service.engine import create_engine
+    from service.engine_factory import create_engine
     from service.settings import Settings
 
     kind, dtype, extra = ENGINE_CONFIGS[name]
@@ -103,8 +180,11 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--engines", default="torch-bf16,torch-fp32,vllm-bf16,vllm-bf16-autobind")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "engines.json")
+    ap.add_argument("--quality", action="store_true", help="whole test sets: agreement and metrics per engine")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    name = "engines-quality.json" if args.quality else "engines.json"
+    args.out = args.out or REPO / "benchmarks" / "results" / name
 
     from transformers import AutoTokenizer
 
@@ -113,6 +193,21 @@ async def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="darl-bench-"))
     ckpt, max_length, model_name = model_checkpoint(args.model_dir, cache)
     renderer = PromptRenderer(AutoTokenizer.from_pretrained(ckpt), max_length)
+    if args.quality:
+        report = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{os.cpu_count()} cores, {cpu_features()}",
+            "model": model_name,
+            **await quality(args.engines.split(","), ckpt, max_length, renderer, args.data.parent),
+        }
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print("| engine | domain | max abs Δp | changed labels | macro-F1 | kappa |\n|---|---|---|---|---|---|")
+        for r in report["rows"]:
+            print(
+                f"| {r['engine']} | {r['domain']} | {r['max_abs_dp_vs_ref']} | {r['changed_labels_vs_ref']:.2%} "
+                f"| {r['macro_f1']} | {r['qwk']} |"
+            )
+        return
     ids = [renderer.render(q, t, d).token_ids for q, t, d in load_pairs(args.data, args.pairs)]
     batches = [ids[i : i + args.batch] for i in range(0, len(ids), args.batch)]
     results = []
@@ -124,7 +219,7 @@ async def main() -> None:
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, {cpu_features()}",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "model": model_name,

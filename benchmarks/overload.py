@@ -1,17 +1,22 @@
-"""Overload: open-loop Poisson load at ~3x capacity against a real `darl serve`.
+"""Overload and admission: open-loop Poisson load against a real `darl serve` with its default settings.
 
 Usage (repo root, after ``make install``)::
 
-    .venv/bin/python benchmarks/overload.py [--model-dir DIR] [--items 20] [--factor 3] [--seconds 60]
+    .venv/bin/python benchmarks/overload.py [--model-dir DIR] [--items 20 | --sizes 10,50,512]
+        [--factor 3] [--seconds 60] [--retries 0] [--idle-sweep]
 
-Starts ``darl serve`` (torch engine) on loopback, measures capacity with a short
-closed loop, then sends requests with exponential inter-arrival times at
-``factor`` x capacity for ``--seconds`` (bounded: it stops by itself). While it
-runs it samples the server's queue depth (``/metrics``) and resident memory.
-Reports: status counts (only 200 and 429 expected, no 5xx), the 429 share,
-whether every 429 carried ``Retry-After``, p50/p99 latency of accepted
-requests against the deadline, the largest queue depth against its bound, and
-memory at start/middle/end. Writes ``benchmarks/results/overload.json``.
+Starts ``darl serve`` on loopback, measures capacity (pairs/s) with a short
+closed loop, then sends calls with exponential inter-arrival times at ``factor``
+x capacity for ``--seconds`` (bounded: it stops by itself). Call sizes cycle
+through ``--sizes``; with ``--retries`` a refused call sleeps its ``Retry-After``
+and tries again, and a call still refused after that many retries is a lockout.
+``--idle-sweep`` first sends one call of each size from 1 to 512 items, alone,
+to the idle server.
+While it runs it samples the queue depth (``/metrics``) and resident memory.
+Reports: status counts (only 200 and 429 expected: no 5xx, no 504), the 429
+share, lockouts, whether every 429 carried ``Retry-After``, p50/p99 latency of
+accepted calls against their deadlines, the largest queue depth against its
+bound, memory at start/middle/end, and the CPU's vector extensions.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ sys.path.insert(0, str(REPO))
 
 from tests.server import running_server  # noqa: E402
 
+SWEEP_SIZES = [1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 512]  # 512 = DARL_MAX_ITEMS's default
 
-def load_requests(path: Path, items: int, n: int) -> list[dict]:
-    """Real queries, each with ``items`` real titles (its own first, then others')."""
+
+def load_requests(path: Path, sizes: list[int], n: int) -> list[dict]:
+    """Real queries, call ``k`` with ``sizes[k % len(sizes)]`` real titles (its own first, then others')."""
     by_query: dict[str, list[str]] = {}
     titles: list[str] = []
     with gzip.open(path, "rt", newline="") as f:
@@ -50,7 +57,7 @@ def load_requests(path: Path, items: int, n: int) -> list[dict]:
     queries = list(by_query)
     out = []
     for k in range(n):
-        q = queries[k % len(queries)]
+        q, items = queries[k % len(queries)], sizes[k % len(sizes)]
         ts = (by_query[q] + rng.sample(titles, items))[:items]
         out.append({"query": q, "items": [{"id": str(i), "title": t} for i, t in enumerate(ts)]})
     return out
@@ -62,24 +69,42 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def capacity(url: str, bodies: list[dict], seconds: float = 20.0, concurrency: int = 2) -> float:
-    """Requests/s of a closed loop at ``concurrency`` (the service at full batching)."""
-    done = 0
+    """Pairs/s of a closed loop at ``concurrency`` (the service at full batching)."""
+    done = calls = 0
     stop = time.monotonic() + seconds
-    async with httpx.AsyncClient(timeout=60) as c:
+    async with httpx.AsyncClient(timeout=120) as c:
 
         async def worker(k: int) -> None:
-            nonlocal done
+            nonlocal done, calls
             while time.monotonic() < stop:
-                r = await c.post(url + "/v1/score", json=bodies[(done + k) % len(bodies)])
-                done += r.status_code == 200
+                body = bodies[(calls + k) % len(bodies)]
+                calls += 1
+                r = await c.post(url + "/v1/score", json=body)
+                done += len(body["items"]) if r.status_code == 200 else 0
 
         t0 = time.monotonic()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         return done / (time.monotonic() - t0)
 
 
-async def open_loop(url: str, bodies: list[dict], rate: float, seconds: float, server: psutil.Process) -> dict:
+async def idle_sweep(url: str, bodies: list[dict]) -> list[dict]:
+    """Each call alone on the idle server: its status, latency and deadline."""
+    out = []
+    async with httpx.AsyncClient(timeout=300) as c:
+        for body in bodies:
+            t = time.monotonic()
+            r = await c.post(url + "/v1/score", json=body)
+            deadline = r.json()["usage"]["deadline_s"] if r.status_code == 200 else None
+            out.append({"items": len(body["items"]), "status": r.status_code, "s": round(time.monotonic() - t, 2)})
+            out[-1]["deadline_s"] = deadline
+    return out
+
+
+async def open_loop(
+    url: str, bodies: list[dict], rate: float, seconds: float, server: psutil.Process, retries: int = 0
+) -> dict:
     results: list[tuple[int, float, bool]] = []
+    per_call: list[tuple[int, int, int]] = []  # items, final status, attempts
     depth_max = 0.0
     capacity_pairs = None
     rss: list[float] = []
@@ -88,12 +113,18 @@ async def open_loop(url: str, bodies: list[dict], rate: float, seconds: float, s
     async with httpx.AsyncClient(timeout=60, limits=limits) as c:
 
         async def one(body: dict) -> None:
-            t = time.monotonic()
-            try:
-                r = await c.post(url + "/v1/score", json=body)
-                results.append((r.status_code, time.monotonic() - t, "retry-after" in r.headers))
-            except httpx.HTTPError:
-                results.append((-1, time.monotonic() - t, False))
+            for attempt in range(retries + 1):
+                t = time.monotonic()
+                try:
+                    r = await c.post(url + "/v1/score", json=body)
+                    results.append((r.status_code, time.monotonic() - t, "retry-after" in r.headers))
+                except httpx.HTTPError:
+                    results.append((-1, time.monotonic() - t, False))
+                    break
+                if r.status_code != 429 or attempt == retries:
+                    break
+                await asyncio.sleep(float(r.headers.get("retry-after", 1)))
+            per_call.append((len(body["items"]), results[-1][0], attempt + 1))
 
         async def sampler() -> None:
             nonlocal depth_max, capacity_pairs
@@ -121,7 +152,14 @@ async def open_loop(url: str, bodies: list[dict], rate: float, seconds: float, s
     ok = [lat for code, lat, _ in results if code == 200]
     rejected = [ra for code, _, ra in results if code == 429]
     third = max(1, len(rss) // 3)
+    by_size: dict[str, dict[str, int]] = {}
+    for items, code, _ in per_call:
+        row = by_size.setdefault(str(items), {})
+        row[str(code)] = row.get(str(code), 0) + 1
     return {
+        "calls": len(per_call),
+        "lockouts": sum(code == 429 for _, code, _ in per_call) if retries else None,
+        "final_status_by_size": by_size,
         "sent": len(results),
         "status_counts": codes,
         "share_429": round(len(rejected) / len(results), 3),
@@ -141,36 +179,42 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path, default=REPO / "model_artifacts" / "darl-smollm2")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "homedepot.csv.gz")
-    ap.add_argument("--items", type=int, default=20)
-    ap.add_argument("--factor", type=float, default=3.0)
+    ap.add_argument("--items", type=int, default=20, help="items per call (unless --sizes)")
+    ap.add_argument("--sizes", default=None, help="comma-separated call sizes, cycled (mixed traffic)")
+    ap.add_argument("--factor", type=float, default=3.0, help="offered load / capacity, in pairs/s")
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--timeout-s", type=float, default=5.0, help="the server's DARL_REQUEST_TIMEOUT_S")
+    ap.add_argument("--retries", type=int, default=0, help="retries of a 429 after its Retry-After")
+    ap.add_argument("--idle-sweep", action="store_true", help="first, each size alone on the idle server")
+    ap.add_argument("--engine", default="auto", help="DARL_ENGINE")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "overload.json")
     args = ap.parse_args()
 
-    bodies = load_requests(args.data, args.items, 500)
-    env = {
-        "DARL_MODEL_DIR": str(args.model_dir),
-        "DARL_ENGINE": "torch",
-        "DARL_REQUEST_TIMEOUT_S": str(args.timeout_s),
-        "DARL_LOG_LEVEL": "warning",
-    }
+    sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [args.items]
+    bodies = load_requests(args.data, sizes, 500)
+    env = {"DARL_MODEL_DIR": str(args.model_dir), "DARL_ENGINE": args.engine, "DARL_LOG_LEVEL": "warning"}
     with running_server(env, ready_timeout=600) as (url, proc):
         server = psutil.Process(proc.pid)
-        cap = await capacity(url, bodies)
-        print(f"capacity: {cap:.1f} req/s of {args.items} items", file=sys.stderr)
-        report = await open_loop(url, bodies, args.factor * cap, args.seconds, server)
+        sweep = None
+        if args.idle_sweep:
+            sweep = await idle_sweep(url, load_requests(args.data, SWEEP_SIZES, len(SWEEP_SIZES)))
+        cap = await capacity(url, load_requests(args.data, [100], 50))
+        mean_items = statistics.mean(sizes)
+        print(f"capacity: {cap:.1f} pairs/s (calls of 100 items)", file=sys.stderr)
+        report = await open_loop(url, bodies, args.factor * cap / mean_items, args.seconds, server, args.retries)
+    flags = sorted(set(re.findall(r"\b(avx2|avx512[a-z_0-9]*|amx[a-z_0-9]*)\b", Path("/proc/cpuinfo").read_text())))
     report.update(
         {
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{os.cpu_count()} cores",
-            "items_per_request": args.items,
-            "capacity_req_per_s": round(cap, 2),
-            "offered_req_per_s": round(args.factor * cap, 2),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{os.cpu_count()} cores; {' '.join(flags) or 'no AVX2'}",
+            "engine": args.engine,
+            "call_sizes": sizes,
+            "idle_sweep": sweep,
+            "capacity_pairs_per_s": round(cap, 2),
+            "offered_pairs_per_s": round(args.factor * cap, 2),
             "seconds": args.seconds,
-            "deadline_s": args.timeout_s,
+            "retries": args.retries,
             "no_5xx": not any(k.startswith("5") or k == "-1" for k in report["status_counts"]),
-            "p99_within_deadline": report["accepted_p99_s"] <= args.timeout_s,
+            "count_504": report["status_counts"].get("504", 0),
             "queue_within_bound": report["queue_depth_max_pairs"] <= report["queue_capacity_pairs"],
         }
     )

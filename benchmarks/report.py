@@ -570,6 +570,64 @@ def study_section(title: str, tun: dict) -> list[str]:
     return lines
 
 
+def cpu_engines_section(results: Path) -> list[str]:
+    """Engines, int8 quality and admission on the machine `make bench-cpu` ran on (its CPU features named)."""
+    speed, quality = results / "engines.json", results / "engines-quality.json"
+    if not speed.is_file():
+        return []
+    sp = json.loads(speed.read_text())
+    out = [
+        "## CPU engines and admission (`make bench-cpu`)",
+        "",
+        f"`benchmarks/engines.py`, {sp['date']}, {sp['machine']}; model `{sp['model']}`, {sp['pairs']} real "
+        f"Home Depot test pairs ({sp['mean_tokens_per_pair']} tokens each on average) in batches of {sp['batch']} "
+        f"(what the micro-batcher hands an engine for calls of 100 items); median of {sp['repeats']} passes.",
+        "",
+        "| engine | pairs/s (median) | runs | start (s) | vs the first row |",
+        "|---|---|---|---|---|",
+    ]
+    ref = sp["results"][0]["pairs_per_s_median"]
+    for r in sp["results"]:
+        runs = ", ".join(map(str, r["pairs_per_s_runs"]))
+        ratio = r["pairs_per_s_median"] / ref
+        out.append(f"| {r['engine']} | {r['pairs_per_s_median']} | {runs} | {r['start_s']} | {ratio:.2f}× |")
+    if quality.is_file():
+        q = json.loads(quality.read_text())
+        out += [
+            "",
+            f"`benchmarks/engines.py --quality`, {q['date']}, {q['machine']}: the whole Home Depot (id) and "
+            f"CrowdFlower (ood) test sets, each engine against `{q['reference']}`.",
+            "",
+            "| engine | domain | pairs | max abs Δp | changed labels | macro-F1 | kappa |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in q["rows"]:
+            out.append(
+                f"| {r['engine']} | {r['domain']} | {r['pairs']} | {r['max_abs_dp_vs_ref']} "
+                f"| {r['changed_labels_vs_ref']:.2%} | {r['macro_f1']} | {r['qwk']} |"
+            )
+    for name, title in (("admission-half.json", "0.5× capacity"), ("admission-3x.json", "3× capacity")):
+        path = results / name
+        if not path.is_file():
+            continue
+        a = json.loads(path.read_text())
+        out += [
+            "",
+            f"Admission at {title} (`benchmarks/overload.py`, {a['date']}, {a['machine']}, engine {a['engine']}):",
+        ]
+        if a.get("idle_sweep"):
+            sweep = ", ".join(f"{r['items']}→{r['status']} in {r['s']} s" for r in a["idle_sweep"])
+            out.append(f"idle server, one call of each size: {sweep}.")
+        out.append(
+            f"Capacity {a['capacity_pairs_per_s']} pairs/s; offered {a['offered_pairs_per_s']} pairs/s for "
+            f"{a['seconds']:g} s in calls of {a['call_sizes']} items, retries after `Retry-After`: {a['retries']}. "
+            f"Final status per call: {a['calls']} calls, lockouts {a['lockouts']}; all responses "
+            f"{a['status_counts']}; 504s {a['count_504']}; no 5xx: {a['no_5xx']}; accepted p50/p99 "
+            f"{a['accepted_p50_s']}/{a['accepted_p99_s']} s; per size {a['final_status_by_size']}."
+        )
+    return [*out, ""]
+
+
 def write(
     json_path: Path, tuning_path: Path | None, md: Path, png: Path, engine_tuning_path: Path | None = None
 ) -> None:
@@ -623,6 +681,7 @@ def write(
             *engine_tuning_section(json.loads(Path(engine_tuning_path).read_text())),
             "",
         ]
+    lines += cpu_engines_section(Path(json_path).parent)
     notes = Path(__file__).with_name("findings.md")
     if notes.is_file():  # hand-written reading of the tables above (no numbers of its own)
         lines += ["## Findings", "", notes.read_text().strip(), ""]

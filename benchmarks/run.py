@@ -157,7 +157,7 @@ def build_spec(name: str, ctx: dict) -> servers.ServerSpec:
     args = shlex.split(extra.pop("ARGS", ""))
     if base == "darl-torch":
         spec = servers.darl_spec(name, ctx["model_dir"], "torch", "bfloat16", port, ctx["cache_dir"], extra)
-        if extra.get("DARL_BENCH_TORCH_COMPILE"):
+        if extra.get("DARL_TORCH_COMPILE"):
             spec.ready_timeout = 600.0  # compiles before it is ready
     elif base == "darl-vllm":
         spec = servers.darl_spec(name, ctx["model_dir"], "vllm", "bfloat16", port, ctx["cache_dir"], extra)

@@ -128,11 +128,8 @@ def darl_spec(
     }
     if cache_dir is not None:
         env["DARL_CACHE_DIR"] = str(cache_dir)
-    if any(k.startswith("DARL_BENCH_") for k in extra):  # engine module defaults overridden (tuning)
-        argv = [sys.executable, "-m", "benchmarks.darl_serve"]
-    else:
-        darl = VENV_BIN / "darl"
-        argv = [str(darl), "serve"] if darl.exists() else [sys.executable, "-m", "darl.cli", "serve"]
+    darl = VENV_BIN / "darl"
+    argv = [str(darl), "serve"] if darl.exists() else [sys.executable, "-m", "darl.cli", "serve"]
     shown = {k: v for k, v in env.items() if k not in ("DARL_MODEL_DIR", "DARL_HOST", "DARL_PORT", "DARL_CACHE_DIR")}
     return ServerSpec(
         name=name,

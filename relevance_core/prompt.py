@@ -1,9 +1,11 @@
 """One prompt template, rendered to token ids, shared by training and serving.
 
 Layout: ``<query part><item part><suffix>``. The query comes first so that the
-pairs of one request share a token prefix (vLLM prefix caching, KV reuse). Only
-the item part is truncated; the query and the template's fixed parts never are,
-and the suffix's last token is the one the classification head reads.
+pairs of one request share a token prefix (vLLM prefix caching, KV reuse). The
+item part is truncated to fit; the template's fixed parts never are, and the
+suffix's last token is the one the classification head reads. The query is cut
+only when asked (``cut_query``: the service's ``auto_truncate``), to half the max
+length, so a long query still leaves the item room.
 
 Each part is tokenized on its own and the ids are concatenated, so the query
 prefix is byte-identical across a request's items and truncation is exact.
@@ -37,6 +39,7 @@ class Rendered:
 
     token_ids: tuple[int, ...]
     truncated: bool
+    query_truncated: bool = False
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -80,28 +83,39 @@ class PromptRenderer:
         )
         return [list(ids) for ids in out["input_ids"]]
 
-    def query_ids(self, query: str) -> list[int]:
-        """Token ids of the query part, checked against the length budget."""
+    def query_ids(self, query: str, cut: bool = False) -> tuple[list[int], bool]:
+        """Token ids of the query part and whether they were cut.
+
+        Without ``cut`` a query that leaves no room for an item raises ``PromptTooLongError``;
+        with it, a query part over half the max length keeps its first tokens and its newline.
+        """
         ids = self._encode([QUERY_TEMPLATE.format(query=query)])[0]
+        was_cut = cut and len(ids) > self.max_length // 2
+        if was_cut:
+            newline = self._encode(["\n"])[0]
+            ids = ids[: self.max_length // 2 - len(newline)] + newline
         if len(ids) + len(self._suffix_ids) + 1 > self.max_length:
             raise PromptTooLongError(
                 f"query is {len(ids)} tokens; with the template it must leave room for "
                 f"an item within max_length={self.max_length}"
             )
-        return ids
+        return ids, was_cut
 
-    def render_many(self, query: str, items: Sequence[tuple[str, str | None]]) -> list[Rendered]:
+    def render_many(
+        self, query: str, items: Sequence[tuple[str, str | None]], cut_query: bool = False
+    ) -> list[Rendered]:
         """Render one query against many (title, description) items.
 
         The query is tokenized once and the items in one batched tokenizer call.
         """
-        prefix = self.query_ids(query)
+        prefix, query_cut = self.query_ids(query, cut_query)
         budget = self.max_length - len(prefix) - len(self._suffix_ids)
         item_ids = self._encode([item_text(t, d) for t, d in items])
         return [
             Rendered(
                 token_ids=tuple(prefix + ids[:budget] + self._suffix_ids),
                 truncated=len(ids) > budget,
+                query_truncated=query_cut,
             )
             for ids in item_ids
         ]

@@ -8,166 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import re
-import time
-import uuid
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relevance_core.labels import LABELS
+from relevance_core.manifest import Manifest
 from service.errors import (
+    BadRequest,
     ClientDisconnected,
-    PayloadTooLarge,
-    QueueFull,
     ServiceError,
-    Unauthorized,
     UnsupportedMediaType,
-    envelope,
     install_error_handlers,
 )
-from service.logs import request_id_var
 from service.metrics import Metrics
-from service.runtime import EngineFactory, Runtime, default_engine_factory
-from service.schemas import ErrorResponse, ScoreRequest, ScoreResponse
+from service.middleware import AuthMiddleware, BodyLimitMiddleware, ObserveMiddleware
+from service.runtime import EngineFactory, Runtime, ScoredCall, default_engine_factory
+from service.schemas import ErrorResponse, ModelRef, ScoreRequest, ScoreResponse, Usage
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("darl.access")
 
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 429, 503, 504)
 }
-
-
-class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413, by header and while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    # An HTTPException passes FastAPI's body parsing unchanged (-> 413).
-                    raise StarletteHTTPException(413, f"request body exceeds {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = scope.get("state", {}).get("request_id", "")
-        resp = envelope(413, PayloadTooLarge.type, f"request body exceeds {self.max_bytes} bytes", rid)
-        await resp(scope, receive, send)
-
-
-class ObserveMiddleware:
-    """Request id (``X-Request-Id`` in and out) plus request count and latency metrics.
-
-    Pure ASGI rather than ``@app.middleware``: it keeps the raw ``receive`` so the
-    score route can notice a client disconnect, and it costs less per request.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = _incoming_request_id(scope) or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-        token = request_id_var.set(rid)
-        start = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.request_duration.labels(path).observe(elapsed)
-            # Method, route and status only: query and item text never reach the logs.
-            access_log.info(
-                "%s %s %d %.1fms",
-                scope["method"],
-                path,
-                status,
-                elapsed * 1000,
-                extra={"method": scope["method"], "route": path, "status": status, "ms": round(elapsed * 1000, 1)},
-            )
-            request_id_var.reset(token)
-
-
-class AuthMiddleware:
-    """Optional bearer-token auth (``DARL_API_KEY``), compared in constant time."""
-
-    def __init__(self, app: ASGIApp, api_key: str, exempt_paths: list[str]) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-        self.exempt = set(exempt_paths)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
-            await self.app(scope, receive, send)
-            return
-        given = _header(scope, b"authorization") or b""
-        if not hmac.compare_digest(given, self.expected):
-            rid = scope.get("state", {}).get("request_id", "")
-            resp = envelope(
-                401, Unauthorized.type, "missing or invalid bearer token", rid, {"WWW-Authenticate": "Bearer"}
-            )
-            await resp(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    """First value of a (lower-case) header in an ASGI scope."""
-    for k, v in scope.get("headers") or []:
-        if k == name:
-            return v
-    return None
-
-
-def _incoming_request_id(scope: Scope) -> str | None:
-    """The client's ``X-Request-Id`` if it is a safe token, else None (a new one is made)."""
-    raw = _header(scope, b"x-request-id")
-    value = raw.decode("latin-1") if raw is not None else ""
-    return value if _REQUEST_ID_OK.match(value) else None
+TIMEOUT_HEADER = "x-request-timeout"
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -189,10 +59,12 @@ def create_app(
     *,
     engine_factory: EngineFactory = default_engine_factory,
     metrics: Metrics | None = None,
+    manifest: Manifest | None = None,
 ) -> FastAPI:
+    """``manifest``: the artifact's, already verified by the caller (else the runtime verifies it)."""
     settings = settings or Settings()
     metrics = metrics or Metrics()
-    runtime = Runtime(settings, metrics, engine_factory)
+    runtime = Runtime(settings, metrics, engine_factory, manifest)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -221,7 +93,6 @@ def create_app(
             AuthMiddleware, api_key=settings.api_key.get_secret_value(), exempt_paths=settings.auth_exempt_paths
         )
     app.add_middleware(ObserveMiddleware, metrics=metrics)
-    in_flight = 0
 
     @app.post(
         "/v1/score",
@@ -230,37 +101,17 @@ def create_app(
         dependencies=[Depends(require_json)],
         summary="Relevance probabilities for a query and its candidate items",
     )
-    async def score(body: ScoreRequest, request: Request) -> JSONResponse:
-        nonlocal in_flight
-        _check_limits(body, settings)
-        if in_flight >= settings.max_concurrent_requests:
-            metrics.failures.labels("queue_full").inc()
-            raise QueueFull(
-                f"{in_flight} requests in flight (limit {settings.max_concurrent_requests}); retry later",
-                headers={"Retry-After": str(settings.retry_after_s)},
-            )
-        in_flight += 1
-        try:
-            scored = await _score_unless_disconnected(runtime, body, request)
-        finally:
-            in_flight -= 1
-        results = [
-            {
-                "id": item.id,
-                "probs": dict(zip(LABELS, map(float, p), strict=True)),
-                "label": LABELS[int(p.argmax())],
-                "score": float(s),
-                "truncated": t,
-            }
-            for item, p, s, t in zip(body.items, scored.probs, scored.scores, scored.truncated, strict=True)
-        ]
-        return JSONResponse(
-            {
-                "request_id": request.state.request_id,
-                "model": runtime.model_info(),
-                "results": results,
-                "usage": {"pairs": len(results), "tokens": scored.tokens},
-            }
+    async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
+        if len(body.items) > settings.max_items:
+            raise BadRequest(f"{len(body.items)} items; at most {settings.max_items} per request")
+        timeout = _requested_timeout(request.headers.get(TIMEOUT_HEADER), body.timeout_s)
+        scored = await _score_unless_disconnected(runtime, body, timeout, request)
+        return ScoreResponse(
+            request_id=request.state.request_id,
+            model=ModelRef(**runtime.model_info()),
+            query_truncated=scored.query_truncated,
+            results=scored.items,
+            usage=Usage(pairs=len(scored.items), tokens=scored.tokens, deadline_s=scored.deadline_s),
         )
 
     @app.get("/healthz", summary="Liveness: the process is up and the engine has not died")
@@ -306,9 +157,24 @@ def create_app(
     return app
 
 
-async def _score_unless_disconnected(runtime: Runtime, body: ScoreRequest, request: Request):
+def _requested_timeout(header: str | None, body_value: float | None) -> float | None:
+    """The client's deadline in seconds: the ``X-Request-Timeout`` header, else the body's ``timeout_s``."""
+    if header is None:
+        return body_value
+    try:
+        value = float(header)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise BadRequest(f"X-Request-Timeout must be a positive number of seconds, got {header[:40]!r}")
+    return value
+
+
+async def _score_unless_disconnected(
+    runtime: Runtime, body: ScoreRequest, timeout_s: float | None, request: Request
+) -> ScoredCall:
     """Score, but give up (and free the queued pairs) as soon as the client goes away."""
-    task = asyncio.ensure_future(runtime.score(body))
+    task = asyncio.ensure_future(runtime.score(body, timeout_s))
     gone = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -321,19 +187,3 @@ async def _score_unless_disconnected(runtime: Runtime, body: ScoreRequest, reque
         runtime.metrics.failures.labels("client_disconnected").inc()
         raise ClientDisconnected("client disconnected")
     return task.result()
-
-
-def _check_limits(body: ScoreRequest, settings: Settings) -> None:
-    from service.errors import BadRequest
-
-    if len(body.items) > settings.max_items:
-        raise BadRequest(f"{len(body.items)} items; at most {settings.max_items} per request")
-    if len(body.query) > settings.max_query_chars:
-        raise BadRequest(f"query has {len(body.query)} characters; at most {settings.max_query_chars}")
-    for item in body.items:
-        for name in ("title", "description"):
-            value = getattr(item, name)
-            if value is not None and len(value) > settings.max_field_chars:
-                raise BadRequest(
-                    f"item {item.id!r}: {name} has {len(value)} characters; at most {settings.max_field_chars}"
-                )

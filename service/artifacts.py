@@ -49,8 +49,10 @@ class LoadedArtifact:
         return self.manifest.version
 
 
-def load_artifact(artifact_dir: str | Path, cache_dir: str | Path | None = None) -> LoadedArtifact:
-    """Verify ``artifact_dir`` and return the checkpoint to serve."""
+def load_artifact(
+    artifact_dir: str | Path, cache_dir: str | Path | None = None, verified: Manifest | None = None
+) -> LoadedArtifact:
+    """Verify ``artifact_dir`` (unless the caller already did: ``verified``) and return the checkpoint to serve."""
     artifact_dir = Path(artifact_dir)
     if not artifact_dir.exists():
         raise ArtifactError(
@@ -58,7 +60,7 @@ def load_artifact(artifact_dir: str | Path, cache_dir: str | Path | None = None)
             "`make artifact` (runs `darl train --config configs/darl-smollm2.yaml`), or point "
             "DARL_MODEL_DIR at an artifact directory"
         )
-    manifest = verify_artifact(artifact_dir)
+    manifest = verified or verify_artifact(artifact_dir)
     if manifest.kind == "full":
         ckpt = artifact_dir / FULL_DIR
         if not (ckpt / "config.json").is_file():

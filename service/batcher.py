@@ -5,8 +5,9 @@ pair would exceed the token budget, at the pair limit, or when no more work
 arrives within ``max_wait_ms`` of the batch's first pair. Pairs of requests that
 are already finished (deadline passed, client gone, failed) are dropped before
 they cost compute. An engine error fails every request in that batch and the
-loop goes on. A request that would overflow the queue is refused at once (429),
-so memory and latency stay bounded under overload.
+loop goes on. Whether a call enters the queue at all is ``service.admission``'s
+one decision, made from the work queued ahead of it; every batch's engine time
+feeds that decision's cost model.
 """
 
 from __future__ import annotations
@@ -21,26 +22,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from relevance_core.labels import LABELS
+from service.admission import Admission, Backlog
 from service.engine import Engine, TokenIds
-from service.errors import DeadlineExceeded, EngineError, NotReady, QueueFull, ServiceError
+from service.errors import DeadlineExceeded, EngineError, NotReady, ServiceError
 from service.metrics import Metrics
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Batches at least this large are taken as representative of the engine's throughput.
-MIN_BATCH_FOR_RATE = 8
 
 
 @dataclass(frozen=True)
 class BatchLimits:
-    max_batch_tokens: int = 8192
-    max_batch_pairs: int = 256
-    max_wait_ms: float = 2.0
-    max_queue_pairs: int = 8192
-    retry_after_s: int = 1
-    # Refuse a request whose estimated wait (queued pairs / measured throughput)
-    # exceeds this fraction of its deadline: it would only time out. 0 disables.
-    admission_wait_fraction: float = 0.5
+    """When a batch closes; built from the settings only (``from_settings``)."""
+
+    max_batch_tokens: int
+    max_batch_pairs: int
+    max_wait_ms: float
+    max_queue_pairs: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> BatchLimits:
+        return cls(s.max_batch_tokens, s.max_batch_pairs, s.max_wait_ms, s.max_queue_pairs)
 
 
 @dataclass(eq=False)
@@ -53,7 +56,7 @@ class _Request:
     remaining: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.results = np.empty((len(self.pairs), 3), dtype=np.float32)
+        self.results = np.empty((len(self.pairs), len(LABELS)), dtype=np.float32)
         self.remaining = len(self.pairs)
 
     def alive(self, now: float) -> bool:
@@ -65,17 +68,20 @@ class MicroBatcher:
         self,
         engine: Engine,
         limits: BatchLimits,
+        admission: Admission,
         metrics: Metrics | None = None,
         on_engine_error: Callable[[Exception], None] | None = None,
     ) -> None:
         self.engine = engine
         self.limits = limits
+        self.admission = admission
         self.metrics = metrics or Metrics()
         self.on_engine_error = on_engine_error
-        self.pairs_per_s: float | None = None  # EWMA of engine throughput, for admission
         self._queue: deque[tuple[_Request, int]] = deque()
         self._queued = 0
-        self._inflight = 0  # pairs in the batch the engine is computing now
+        self._queued_tokens = 0
+        self._inflight_tokens = 0  # tokens in the batch the engine is computing now
+        self._requests = 0  # admitted calls not finished yet
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._accepting = False
@@ -103,7 +109,7 @@ class MicroBatcher:
             req, _ = self._queue.popleft()
             if not req.future.done():
                 req.future.set_exception(error)
-        self._set_queued(0)
+        self._set_queued(0, 0)
 
     @property
     def running(self) -> bool:
@@ -113,62 +119,51 @@ class MicroBatcher:
     def queued_pairs(self) -> int:
         return self._queued
 
+    def backlog(self) -> Backlog:
+        return Backlog(self._queued_tokens + self._inflight_tokens, self._queued, self._requests)
+
     # -- producer side -----------------------------------------------------
-    async def score(self, pairs: Sequence[TokenIds], timeout_s: float) -> np.ndarray:
-        """Probabilities for ``pairs`` in order; raises a ``ServiceError`` on failure."""
+    async def score(self, pairs: Sequence[TokenIds], deadline_s: float) -> np.ndarray:
+        """Probabilities for ``pairs`` in order; raises a ``ServiceError`` on failure or refusal."""
         if not self._accepting or not self.running:
             raise NotReady("service is not accepting requests")
         n = len(pairs)
         if n == 0:
-            return np.zeros((0, 3), dtype=np.float32)
-        if self._queued + n > self.limits.max_queue_pairs:
-            self.metrics.failures.labels("queue_full").inc()
-            raise QueueFull(
-                f"queue full ({self._queued} of {self.limits.max_queue_pairs} pairs waiting); retry later",
-                headers={"Retry-After": str(self.limits.retry_after_s)},
-            )
-        self._admit(n, timeout_s)
+            return np.zeros((0, len(LABELS)), dtype=np.float32)
+        tokens = sum(len(p) for p in pairs)
+        self.admission.decide(n, tokens, deadline_s, self.backlog())
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        req = _Request(pairs, now + timeout_s, loop.create_future(), time.perf_counter())
+        req = _Request(pairs, loop.time() + deadline_s, loop.create_future(), time.perf_counter())
         self._queue.extend((req, i) for i in range(n))
-        self._set_queued(self._queued + n)
+        self._set_queued(self._queued + n, self._queued_tokens + tokens)
+        self._requests += 1
         self._wake.set()
         try:
-            return await asyncio.wait_for(req.future, timeout=timeout_s)
+            return await asyncio.wait_for(req.future, timeout=deadline_s)
         except TimeoutError:
             self.metrics.failures.labels("deadline_exceeded").inc()
-            raise DeadlineExceeded(f"request not scored within its {timeout_s:g}s deadline") from None
-
-    def _admit(self, n: int, timeout_s: float) -> None:
-        """Refuse work that would only time out in the queue (fail fast, not at the deadline)."""
-        frac = self.limits.admission_wait_fraction
-        if not frac or not self.pairs_per_s:
-            return
-        wait = (self._inflight + self._queued + n) / self.pairs_per_s
-        if wait > frac * timeout_s:
-            self.metrics.failures.labels("queue_full").inc()
-            raise QueueFull(
-                f"overloaded: ~{wait:.1f}s of queued work exceeds the {timeout_s:g}s deadline; retry later",
-                headers={"Retry-After": str(self.limits.retry_after_s)},
-            )
+            raise DeadlineExceeded(f"request not scored within its {deadline_s:g}s deadline") from None
+        finally:
+            self._requests -= 1
 
     # -- consumer side -----------------------------------------------------
-    def _set_queued(self, n: int) -> None:
-        self._queued = n
-        self.metrics.queue_depth.set(n)
+    def _set_queued(self, pairs: int, tokens: int) -> None:
+        self._queued = pairs
+        self._queued_tokens = tokens
+        self.metrics.queue_depth.set(pairs)
 
     def _pop_alive(self, now: float) -> tuple[_Request, int] | None:
         """Head of the queue, dropping pairs whose request is already finished."""
-        dropped = 0
+        dropped = dropped_tokens = 0
         while self._queue:
-            req, _ = self._queue[0]
+            req, i = self._queue[0]
             if req.alive(now):
                 break
             self._queue.popleft()
             dropped += 1
+            dropped_tokens += len(req.pairs[i])
         if dropped:
-            self._set_queued(self._queued - dropped)
+            self._set_queued(self._queued - dropped, self._queued_tokens - dropped_tokens)
             self.metrics.dropped_pairs.inc(dropped)
         return self._queue[0] if self._queue else None
 
@@ -185,7 +180,7 @@ class MicroBatcher:
                 if batch and tokens + size > lim.max_batch_tokens:
                     return batch  # token budget reached
                 self._queue.popleft()
-                self._set_queued(self._queued - 1)
+                self._set_queued(self._queued - 1, self._queued_tokens - size)
                 batch.append(head)
                 tokens += size
                 if close_at is None:
@@ -213,18 +208,16 @@ class MicroBatcher:
     async def _execute(self, batch: list[tuple[_Request, int]]) -> None:
         m = self.metrics
         ids = [req.pairs[i] for req, i in batch]
-        # Throughput is learnt from batches that are large (or cut short by a backlog):
-        # a lone small request's batch mostly measures per-batch overhead.
-        representative = self._queued > 0 or len(ids) >= MIN_BATCH_FOR_RATE
-        self._inflight = len(ids)
+        tokens = sum(len(x) for x in ids)
+        self._inflight_tokens = tokens
         start = time.perf_counter()
         for req, _ in batch:
             m.queue_wait.observe(start - req.enqueued_at)
         m.batch_pairs.observe(len(ids))
-        m.batch_tokens.observe(sum(len(x) for x in ids))
+        m.batch_tokens.observe(tokens)
         try:
             probs = await self.engine.score(ids)
-            if probs.shape != (len(ids), 3):
+            if probs.shape != (len(ids), len(LABELS)):
                 raise EngineError(f"engine returned shape {probs.shape} for {len(ids)} pairs")
         except asyncio.CancelledError:
             raise
@@ -239,13 +232,10 @@ class MicroBatcher:
                 self.on_engine_error(err)
             return
         finally:
-            self._inflight = 0
+            self._inflight_tokens = 0
             m.inference_duration.observe(time.perf_counter() - start)
             self.batches_run += 1
-        elapsed = time.perf_counter() - start
-        if representative and elapsed > 0:
-            rate = len(ids) / elapsed
-            self.pairs_per_s = rate if self.pairs_per_s is None else 0.8 * self.pairs_per_s + 0.2 * rate
+        self.admission.cost.observe(tokens, time.perf_counter() - start)
         m.pairs.inc(len(ids))
         for (req, i), p in zip(batch, probs, strict=True):
             if req.future.done():

@@ -28,25 +28,42 @@ from typing import Any
 
 import numpy as np
 
+from relevance_core.labels import LABELS
 from relevance_core.postprocess import probs_from_logits
-from service.engine import Engine, TokenIds, cuda_available, resolve_dtype
+from service.engine import Engine, TokenIds
 from service.errors import EngineError
+from service.hardware import cuda_available, resolve_dtype
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Warm-up rounds over a few shapes at start (see TorchEngine._warm_up_kernels).
 WARM_UP_ROUNDS = 3
-# Padded tokens per forward pass on CPU: 1024 ran the eager bf16 forward faster than 2048 or 4096
-# on this project's 2-core CPU (docs/benchmarks.md, engine tuning and the torch_sub_batch study);
-# the CUDA value is the earlier default, not measured here (no GPU was lent to this task).
+# Padded tokens per forward pass unless DARL_TORCH_SUB_BATCH_TOKENS says otherwise: on CPU 1024 ran
+# the eager bf16 forward faster than 2048 or 4096 on this project's 2-core CPU (docs/benchmarks.md,
+# engine tuning and the torch_sub_batch study); the CUDA value is the earlier default, not measured
+# here (no GPU was lent to this task).
 SUB_BATCH_TOKENS = 1024
 SUB_BATCH_TOKENS_CUDA = 4096
-# Defaults of the optional speed-ups (see the module docstring); constructor arguments override them.
-COMPILE = False
-PREFIX_REUSE = False
 # A group shares its prefix only if it is at least this many tokens (shorter is not worth a pass).
 MIN_SHARED_PREFIX = 4
+
+
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantisation (CPU, opt-in ``DARL_DTYPE=int8``): the decoder's linear layers get int8
+    weights, per output channel, and int8 activations quantised per batch; embeddings, norms and the
+    classification head stay fp32.
+
+    Measured by ``benchmarks/engines.py`` on a 2-core AVX2 CPU (docs/benchmarks.md, "CPU engines"): 1.6x
+    the fp32 pairs/s, but it changes most labels of ``darl-smollm2`` on the test sets, so it is not an
+    ``auto`` choice; run ``benchmarks/engines.py --quality`` on an artifact before serving it this way."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    backbone = getattr(model, model.base_model_prefix)
+    layers = {name for name, m in backbone.named_modules() if isinstance(m, torch.nn.Linear)}
+    spec = {f"{model.base_model_prefix}.{name}": per_channel_dynamic_qconfig for name in layers}
+    return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 class TorchEngine(Engine):
@@ -65,11 +82,13 @@ class TorchEngine(Engine):
         self.settings = settings
         self.device = "cuda" if cuda_available() else "cpu"
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        self.sub_batch_tokens = sub_batch_tokens or (
-            SUB_BATCH_TOKENS_CUDA if self.device == "cuda" else SUB_BATCH_TOKENS
+        self.sub_batch_tokens = (
+            sub_batch_tokens
+            or settings.torch_sub_batch_tokens
+            or (SUB_BATCH_TOKENS_CUDA if self.device == "cuda" else SUB_BATCH_TOKENS)
         )
-        self.compile = COMPILE if compile is None else compile
-        self.prefix_reuse = PREFIX_REUSE if prefix_reuse is None else prefix_reuse
+        self.compile = settings.torch_compile if compile is None else compile
+        self.prefix_reuse = settings.torch_prefix_reuse if prefix_reuse is None else prefix_reuse
         self._model: Any = None
         self._backbone: Any = None
         self._head: Any = None
@@ -91,10 +110,12 @@ class TorchEngine(Engine):
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         t0 = time.perf_counter()
-        model = AutoModelForSequenceClassification.from_pretrained(
-            self.checkpoint_dir, dtype=getattr(torch, self.dtype)
-        )
+        weights = torch.float32 if self.dtype == "int8" else getattr(torch, self.dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(self.checkpoint_dir, dtype=weights)
         model.to(self.device).eval()
+        if self.dtype == "int8":
+            log.warning("DARL_DTYPE=int8: check this artifact's labels with `benchmarks/engines.py --quality`")
+            model = quantize_int8(model)
         pad = model.config.pad_token_id
         if pad is None:
             raise EngineError(f"{self.checkpoint_dir} has no pad_token_id in its config")
@@ -118,7 +139,8 @@ class TorchEngine(Engine):
                     self._plain(ids, torch.ones_like(ids), torch.full((rows,), width - 1, device=self.device))
                     if self.prefix_reuse:  # two groups of `rows` pairs sharing 6 tokens
                         fake = [(1,) * 6 + (g + 2,) * (width - 6 + k) for g in range(2) for k in range(rows)]
-                        self._forward_shared(fake, _prefix_groups(fake, MIN_SHARED_PREFIX), np.empty((len(fake), 3)))
+                        out = np.empty((len(fake), len(LABELS)))
+                        self._forward_shared(fake, _prefix_groups(fake, MIN_SHARED_PREFIX), out)
         self._warm_up_kernels()
         log.info(
             "torch engine loaded %s on %s (%s, %d threads, compile=%s, prefix_reuse=%s) in %.1fs",
@@ -160,7 +182,7 @@ class TorchEngine(Engine):
         if self._executor is None or self._model is None:
             raise EngineError("torch engine is not started")
         if not batch:
-            return np.zeros((0, 3), dtype=np.float32)
+            return np.zeros((0, len(LABELS)), dtype=np.float32)
         loop = asyncio.get_running_loop()
         logits = await loop.run_in_executor(self._executor, self._forward, list(batch))
         return probs_from_logits(logits)
@@ -178,7 +200,7 @@ class TorchEngine(Engine):
     def _forward(self, batch: list[TokenIds]) -> np.ndarray:
         import torch
 
-        out = np.empty((len(batch), 3), dtype=np.float32)
+        out = np.empty((len(batch), len(LABELS)), dtype=np.float32)
         plain: list[int] = list(range(len(batch)))
         with torch.inference_mode():
             if self.prefix_reuse:

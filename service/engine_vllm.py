@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from relevance_core.labels import LABELS
 from relevance_core.postprocess import probs_from_logits
-from service.engine import Engine, TokenIds, cuda_available, resolve_dtype
+from service.engine import Engine, TokenIds
 from service.errors import EngineError
+from service.hardware import cuda_available, resolve_dtype
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ class VLLMEngine(Engine):
         self.max_length = max_length
         self.device = "cuda" if cuda_available() else "cpu"
         self.dtype = resolve_dtype(settings.dtype, self.device)
+        if self.dtype == "int8":
+            raise EngineError("DARL_DTYPE=int8 is a torch-engine option; use DARL_ENGINE=torch with it")
         self._llm: Any = None
         self._params: Any = None
         self._prompt_cls: Any = None
@@ -113,7 +117,7 @@ class VLLMEngine(Engine):
         if self._llm is None:
             raise EngineError("vLLM engine is not started")
         if not batch:
-            return np.zeros((0, 3), dtype=np.float32)
+            return np.zeros((0, len(LABELS)), dtype=np.float32)
         try:
             logits = await asyncio.gather(*(self._one(ids) for ids in batch))
         except EngineError:

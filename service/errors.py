@@ -49,6 +49,13 @@ class UnsupportedMediaType(ServiceError):
     type = "unsupported_media_type"
 
 
+class DeadlineTooShort(ServiceError):
+    """The call could not finish within its deadline even on an idle server: retrying will not help."""
+
+    status_code = 422
+    type = "deadline_too_short"
+
+
 class QueueFull(ServiceError):
     status_code = 429
     type = "queue_full"

@@ -22,29 +22,36 @@ from relevance_core.labels import LABELS
 from relevance_core.manifest import Manifest, verify_artifact
 from relevance_core.postprocess import expected_grade
 from relevance_core.prompt import PromptRenderer, PromptTooLongError
+from service.admission import Admission
 from service.artifacts import LoadedArtifact, load_artifact
 from service.batcher import BatchLimits, MicroBatcher
-from service.engine import Engine, create_engine
+from service.engine import Engine
+from service.engine_factory import create_engine
 from service.errors import BadRequest, EngineError, NotReady
 from service.metrics import Metrics
-from service.schemas import ScoreRequest
+from service.schemas import ItemScore, Probs, ScoreRequest
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Settings, LoadedArtifact], Engine]
+# Warm-up: one pair (readiness), then a batch this many pairs at the max length, timed to seed the
+# admission cost model with a batch of the size real traffic brings.
+SEED_BATCH_PAIRS = 32
 
 
 def default_engine_factory(settings: Settings, artifact: LoadedArtifact) -> Engine:
     return create_engine(settings, artifact.checkpoint_dir, artifact.manifest.max_length)
 
 
-@dataclass
-class Scored:
-    probs: np.ndarray
-    scores: np.ndarray
-    truncated: list[bool]
+@dataclass(frozen=True)
+class ScoredCall:
+    """One call's results in input order, with what the response reports about them."""
+
+    items: list[ItemScore]
+    query_truncated: bool
     tokens: int
+    deadline_s: float
 
 
 class Runtime:
@@ -53,11 +60,15 @@ class Runtime:
         settings: Settings,
         metrics: Metrics,
         engine_factory: EngineFactory = default_engine_factory,
+        manifest: Manifest | None = None,
     ) -> None:
+        """``manifest``: the artifact's, if the caller verified it already (``darl serve`` does, to fail
+        before the server starts); otherwise ``start`` verifies. Either way the hashes are checked once."""
         self.settings = settings
         self.metrics = metrics
         self.engine_factory = engine_factory
-        self.manifest: Manifest | None = None
+        self.admission = Admission(settings, metrics)
+        self.manifest: Manifest | None = manifest
         self.artifact: LoadedArtifact | None = None
         self.engine: Engine | None = None
         self.renderer: PromptRenderer | None = None
@@ -72,7 +83,8 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
         """Verify now; load and warm up in the background."""
-        self.manifest = verify_artifact(self.settings.model_dir)
+        if self.manifest is None:
+            self.manifest = verify_artifact(self.settings.model_dir)
         self._loader = asyncio.create_task(self._load(), name="model-loader")
 
     async def wait_ready(self) -> None:
@@ -83,13 +95,16 @@ class Runtime:
     async def _load(self) -> None:
         t0 = time.perf_counter()
         try:
-            self.artifact = await asyncio.to_thread(load_artifact, self.settings.model_dir, self.settings.cache_dir)
+            s = self.settings
+            self.artifact = await asyncio.to_thread(load_artifact, s.model_dir, s.cache_dir, self.manifest)
             self.renderer = await asyncio.to_thread(self._make_renderer, self.artifact)
-            engine = self.engine_factory(self.settings, self.artifact)
+            engine = self.engine_factory(s, self.artifact)
             self.engine = engine
             await engine.start()
             await self._warm_up(engine)
-            self.batcher = MicroBatcher(engine, self._limits(), self.metrics, self._on_engine_error)
+            await self._seed_cost_model(engine)
+            limits = BatchLimits.from_settings(s)
+            self.batcher = MicroBatcher(engine, limits, self.admission, self.metrics, self._on_engine_error)
             await self.batcher.start()
         except asyncio.CancelledError:
             raise
@@ -117,24 +132,26 @@ class Runtime:
         tok = AutoTokenizer.from_pretrained(artifact.checkpoint_dir)
         return PromptRenderer(tok, artifact.manifest.max_length)
 
-    def _limits(self) -> BatchLimits:
-        s = self.settings
-        return BatchLimits(
-            max_batch_tokens=s.max_batch_tokens,
-            max_batch_pairs=s.max_batch_pairs,
-            max_wait_ms=s.max_wait_ms,
-            max_queue_pairs=s.max_queue_pairs,
-            retry_after_s=s.retry_after_s,
-            admission_wait_fraction=s.admission_wait_fraction,
-        )
-
     async def _warm_up(self, engine: Engine) -> None:
         """A real forward pass: readiness means the engine computed something sane."""
         assert self.renderer is not None
         pair = self.renderer.render("warm up query", "warm up item")
+        t0 = time.perf_counter()
         probs = await engine.score([pair.token_ids])
         if probs.shape != (1, len(LABELS)) or not np.isfinite(probs).all():
             raise EngineError(f"warm-up forward pass returned {probs!r}")
+        self.admission.cost.observe(len(pair), time.perf_counter() - t0)
+
+    async def _seed_cost_model(self, engine: Engine) -> None:
+        """Time one batch of full-length pairs, so admission knows the engine before the first call."""
+        assert self.renderer is not None
+        n = min(SEED_BATCH_PAIRS, self.settings.max_batch_pairs)
+        words = " ".join(f"item{i}" for i in range(self.renderer.max_length))
+        pairs = [r.token_ids for r in self.renderer.render_many("warm up query", [(words, words)] * n)]
+        pairs = pairs[: max(1, self.settings.max_batch_tokens // len(pairs[0]))]
+        t0 = time.perf_counter()
+        await engine.score(pairs)
+        self.admission.cost.observe(sum(map(len, pairs)), time.perf_counter() - t0)
 
     async def stop(self) -> None:
         self.ready = False
@@ -210,21 +227,43 @@ class Runtime:
         m = self.manifest
         return {"name": m.name if m else "", "version": m.version if m else ""}
 
-    async def score(self, req: ScoreRequest) -> Scored:
+    async def score(self, req: ScoreRequest, timeout_s: float | None = None) -> ScoredCall:
+        """Render, admit, batch and post-process one call. ``timeout_s``: the client's deadline, if any."""
         if not self.ready or self.renderer is None or self.batcher is None:
             raise NotReady(self.failure or "model is loading; retry when /readyz is 200")
-        renderer = self.renderer
+        s, renderer = self.settings, self.renderer
+        query, query_cut = self._cut("query", req.query, s.max_query_chars)
+        items, items_cut = [], []
+        for it in req.items:
+            title, t_cut = self._cut(f"item {it.id!r}: title", it.title, s.max_field_chars)
+            desc, d_cut = self._cut(f"item {it.id!r}: description", it.description, s.max_field_chars)
+            items.append((title, desc))
+            items_cut.append(t_cut or d_cut)
         try:
-            rendered = await asyncio.to_thread(
-                renderer.render_many, req.query, [(it.title, it.description) for it in req.items]
-            )
+            rendered = await asyncio.to_thread(renderer.render_many, query, items, s.auto_truncate)
         except PromptTooLongError as e:
             raise BadRequest(f"query too long: {e}") from None
         ids = [r.token_ids for r in rendered]
-        probs = await self.batcher.score(ids, self.settings.request_timeout_s)
-        return Scored(
-            probs=probs,
-            scores=expected_grade(probs),
-            truncated=[r.truncated for r in rendered],
-            tokens=sum(len(x) for x in ids),
-        )
+        deadline = self.admission.deadline_s(len(ids), timeout_s)
+        probs = await self.batcher.score(ids, deadline)
+        scores = expected_grade(probs)
+        results = [
+            ItemScore(
+                id=it.id,
+                probs=Probs(**dict(zip(LABELS, map(float, p), strict=True))),
+                label=LABELS[int(p.argmax())],
+                score=float(score),
+                truncated=r.truncated or cut,
+            )
+            for it, p, score, r, cut in zip(req.items, probs, scores, rendered, items_cut, strict=True)
+        ]
+        query_cut = query_cut or any(r.query_truncated for r in rendered)
+        return ScoredCall(results, query_cut, sum(len(x) for x in ids), deadline)
+
+    def _cut(self, what: str, text: str | None, limit: int) -> tuple[str | None, bool]:
+        """``text`` within ``limit`` characters: cut (``auto_truncate``) or refused with 400."""
+        if text is None or len(text) <= limit:
+            return text, False
+        if not self.settings.auto_truncate:
+            raise BadRequest(f"{what} has {len(text)} characters; at most {limit} (DARL_AUTO_TRUNCATE is off)")
+        return text[:limit], True

@@ -44,6 +44,12 @@ class ScoreRequest(BaseModel):
         description="candidate items, scored in input order; ids unique within the request; "
         "at most DARL_MAX_ITEMS (default 512)",
     )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="this call's deadline in seconds (the X-Request-Timeout header does the same), at most "
+        "DARL_MAX_REQUEST_TIMEOUT_S; default DARL_REQUEST_TIMEOUT_S + DARL_REQUEST_TIMEOUT_PER_PAIR_S per item",
+    )
 
     @field_validator("query")
     @classmethod
@@ -73,7 +79,9 @@ class ItemScore(BaseModel):
     probs: Probs
     label: str = Field(description="the most probable grade")
     score: float = Field(description="expected grade in [0, 1]; sort by this to rank")
-    truncated: bool = Field(description="the item text was cut to fit the model's max length")
+    truncated: bool = Field(
+        description="the item's text was cut: to the model's max length, or a field over DARL_MAX_FIELD_CHARS"
+    )
 
 
 class ModelRef(BaseModel):
@@ -84,11 +92,16 @@ class ModelRef(BaseModel):
 class Usage(BaseModel):
     pairs: int
     tokens: int
+    deadline_s: float = Field(description="the deadline this call was admitted with")
 
 
 class ScoreResponse(BaseModel):
     request_id: str
     model: ModelRef
+    query_truncated: bool = Field(
+        description="the query was cut: over DARL_MAX_QUERY_CHARS characters, or over half the model's max "
+        "length in tokens (its first tokens were kept)"
+    )
     results: list[ItemScore]
     usage: Usage
 

@@ -31,8 +31,8 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
-    try:  # fail fast, before uvicorn starts, with a message that says what to do
-        verify_artifact(settings.model_dir)
+    try:  # fail fast, before uvicorn starts, with a message that says what to do; the only verification
+        manifest = verify_artifact(settings.model_dir)
     except ArtifactError as e:
         print(f"error: {e}", file=sys.stderr)
         if not Path(settings.model_dir).exists():
@@ -44,7 +44,7 @@ def serve(settings: Settings) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, manifest=manifest),
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our structured root handler

@@ -26,10 +26,20 @@ class Settings(BaseSettings):
     model_dir: Path = Field(DEFAULT_ARTIFACT, description="artifact directory to serve")
     cache_dir: Path | None = Field(None, description="base/merged checkpoints; default ~/.cache/darl")
     engine: Literal["auto", "torch", "vllm"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU supports it"
+    dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        "auto",
+        description="auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU supports it, else float32; "
+        "int8: dynamic int8 linear layers (torch engine, CPU; opt-in only: measured to change most labels of "
+        "darl-smollm2, see docs/benchmarks.md)",
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default all cores")
+    torch_sub_batch_tokens: int | None = Field(
+        None, ge=16, description="torch engine: padded tokens per forward pass; default 1024 on CPU, 4096 on CUDA"
+    )
+    torch_compile: bool = Field(False, description="torch engine: torch.compile the forward (slower start)")
+    torch_prefix_reuse: bool = Field(
+        False, description="torch engine: run a call's shared query prefix once and reuse its KV cache"
+    )
     vllm_enforce_eager: bool = Field(False, description="skip vLLM graph compilation (faster start)")
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     vllm_tensor_parallel_size: int = Field(1, ge=1)
@@ -45,20 +55,34 @@ class Settings(BaseSettings):
     max_batch_pairs: int = Field(64, ge=1, description="... or this many pairs")
     max_wait_ms: float = Field(2.0, ge=0, description="... or after this wait for more work")
     max_queue_pairs: int = Field(8192, ge=1, description="queued pairs before 429")
-    request_timeout_s: float = Field(5.0, gt=0, description="per-request deadline; 504 past it")
+
+    # Deadlines and admission (service/admission.py)
+    request_timeout_s: float = Field(5.0, gt=0, description="deadline of a call: this base ...")
+    request_timeout_per_pair_s: float = Field(
+        0.1,
+        ge=0,
+        description="... plus this per item, unless the client sets X-Request-Timeout (or body timeout_s); "
+        "504 past it. The default lets a DARL_MAX_ITEMS call finish on an idle 2-core AVX2 CPU",
+    )
+    max_request_timeout_s: float = Field(120.0, gt=0, description="upper bound on any call's deadline")
     admission_wait_fraction: float = Field(
         0.5,
         ge=0,
-        description="refuse (429) a request whose estimated queue wait exceeds this fraction of the "
-        "deadline, so accepted requests finish in time under overload; 0 disables",
+        description="429 a call when the work queued ahead of it plus its own would take longer than this "
+        "fraction of its deadline (a call with nothing ahead is always tried); 0 disables",
     )
-    max_concurrent_requests: int = Field(512, ge=1, description="score requests in flight before 429")
+    max_concurrent_requests: int = Field(512, ge=1, description="score calls in flight before 429")
 
     # Request limits
     max_items: int = Field(512, ge=1)
     max_body_bytes: int = Field(2_000_000, ge=1024)
     max_query_chars: int = Field(1000, ge=1)
     max_field_chars: int = Field(10_000, ge=1)
+    auto_truncate: bool = Field(
+        True,
+        description="cut a query or item field over its character limit (and a query over half the "
+        "model's max length in tokens) and flag it; false: refuse such a call with 400",
+    )
 
     # Security
     api_key: SecretStr | None = Field(None, description="if set, /v1/* needs `Authorization: Bearer <key>`")
@@ -72,8 +96,3 @@ class Settings(BaseSettings):
     health_interval_s: float = Field(1.0, gt=0, description="engine liveness poll period")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
-
-    @property
-    def retry_after_s(self) -> int:
-        """What a 429 tells clients to wait: about one deadline's worth of draining."""
-        return max(1, round(self.request_timeout_s / 2))

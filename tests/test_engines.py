@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from transformers import AutoModelForSequenceClassification
 
 from relevance_core.prompt import PromptRenderer
 from service.artifacts import load_artifact
-from service.engine import resolve_engine, vllm_installed
+from service.engine_factory import resolve_engine
 from service.engine_torch import TorchEngine, _length_chunks
+from service.hardware import vllm_installed
 from service.settings import Settings
 
 QUERY = "cordless drill"
@@ -96,6 +98,31 @@ async def test_torch_engine_bf16_is_close_to_fp32(tiny_artifact: Path, tokenizer
     # The tiny random model has large weights that amplify bf16 rounding; the labels must agree.
     np.testing.assert_allclose(bf16, fp32, atol=0.1)
     np.testing.assert_array_equal(bf16.argmax(-1), fp32.argmax(-1))
+
+
+async def test_torch_engine_int8_quantises_the_decoder_and_stays_close(tiny_artifact: Path, tokenizer) -> None:
+    """``DARL_DTYPE=int8``: the decoder's linear layers become dynamic int8 ones, the head stays fp32,
+    and the engine scores what the quantised model computes."""
+    import torch
+
+    from service.engine_torch import quantize_int8
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_artifact / "model", dtype=torch.float32)
+    q = quantize_int8(model)
+    decoder = [m for n, m in q.named_modules() if n.startswith(q.base_model_prefix + ".")]
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    assert not any(type(m) is torch.nn.Linear for m in decoder)  # every decoder Linear quantised
+    assert sum(type(m) is dynamic for m in decoder) == 7 * q.config.num_hidden_layers  # q k v o gate up down
+    assert type(q.score) is torch.nn.Linear  # the head is fp32
+    batch = batch_for(tokenizer)
+    int8, alone = await run_torch(tiny_artifact / "model", batch, "int8")
+    with torch.inference_mode():  # one pair at a time: the engine equals the quantised model itself
+        want = np.stack([q(torch.tensor([x])).logits.softmax(-1)[0].numpy() for x in batch])
+    np.testing.assert_allclose(alone, want, atol=1e-5)
+    np.testing.assert_allclose(int8.sum(-1), 1.0, atol=1e-6)
+    fp32, _ = await run_torch(tiny_artifact / "model", batch, "float32")
+    assert np.abs(int8 - fp32).max() > 1e-4  # it really ran quantised (the tiny random model's weights
+    # amplify int8 rounding; agreement on real pairs is measured by `benchmarks/engines.py --quality`)
 
 
 async def test_torch_engine_reports_not_started(tiny_artifact: Path) -> None:

@@ -14,11 +14,8 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.batcher import BatchLimits, MicroBatcher
-from service.engine import vllm_installed
 from service.engine_torch import TorchEngine
-from service.errors import QueueFull
-from service.metrics import Metrics
+from service.hardware import vllm_installed
 from tests.fakes import FakeEngine
 from tests.server import REPO, darl_command, running_server
 from tests.test_api import ITEMS, assert_envelope, serve, settings_for, wait_until
@@ -65,28 +62,12 @@ async def test_concurrent_request_limit_is_429(tiny_artifact: Path, cache_dir: P
     async with serve(app) as c:
         engine.gate = asyncio.Event()
         held = [asyncio.create_task(c.post("/v1/score", json=BODY)) for _ in range(2)]
-        await wait_until(lambda: len(engine.batches) >= 2)
+        await wait_until(lambda: app.state.runtime.batcher.backlog().requests == 2)
         r = await c.post("/v1/score", json=BODY)
         assert "in flight" in assert_envelope(r, 429, "queue_full")["message"]
         assert r.headers["retry-after"]
         engine.gate.set()
         assert [(await t).status_code for t in held] == [200, 200]
-
-
-async def test_admission_refuses_work_that_would_miss_its_deadline() -> None:
-    """With a learnt throughput, a request whose queue wait exceeds the deadline is 429, not 504."""
-    engine = FakeEngine(delay=0.05)  # 4 pairs per batch in 50 ms: ~80 pairs/s
-    b = MicroBatcher(engine, BatchLimits(max_batch_pairs=4, admission_wait_fraction=0.8), Metrics())
-    await b.start()
-    backlog = [asyncio.create_task(b.score([(1, 2)] * 8, timeout_s=10)) for _ in range(4)]
-    await asyncio.sleep(0.12)  # a few full batches under backlog: throughput learnt
-    assert b.pairs_per_s is not None and 40 < b.pairs_per_s < 120
-    with pytest.raises(QueueFull, match="overloaded"):
-        await b.score([(1, 2)] * 40, timeout_s=0.5)  # ~20+ queued pairs + 40 ≫ 0.8 × 0.5 s × 80/s
-    ok = await b.score([(1, 2)] * 2, timeout_s=10)  # a generous deadline is still admitted
-    assert ok.shape == (2, 3)
-    await asyncio.gather(*backlog)
-    await b.stop()
 
 
 @pytest.mark.parametrize(
@@ -154,9 +135,8 @@ async def test_ten_thousand_items_and_very_long_titles(make_app, tiny_artifact: 
     async with serve(make_app()) as c:
         assert "at most 512" in assert_envelope(await c.post("/v1/score", json=many), 400, "bad_request")["message"]
         too_long = {"query": "q", "items": [{"id": "a", "title": "x" * 10_001}]}
-        assert (
-            "at most 10000" in assert_envelope(await c.post("/v1/score", json=too_long), 400, "bad_request")["message"]
-        )
+        r = await c.post("/v1/score", json=too_long)
+        assert r.status_code == 200 and r.json()["results"][0]["truncated"] is True  # cut, not refused
     app = create_app(settings_for(tiny_artifact, cache_dir))  # long but allowed: truncated and flagged
     async with serve(app) as c:
         r = await c.post("/v1/score", json={"query": "q", "items": [{"id": "a", "title": "word " * 1999}]})

@@ -376,24 +376,14 @@ def test_agreement_compares_every_server_with_this_service_on_the_first_call() -
     assert rows[0]["max_abs_diff"] == pytest.approx(0.05) and rows[1]["max_abs_diff"] is None
 
 
-def test_darl_serve_wrapper_overrides_engine_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.engine_torch as et
-    from benchmarks.darl_serve import apply_overrides
-
-    for attr in ("COMPILE", "PREFIX_REUSE", "SUB_BATCH_TOKENS"):
-        monkeypatch.setattr(et, attr, getattr(et, attr))  # restored after the test
-    applied = apply_overrides({"DARL_BENCH_TORCH_COMPILE": "1", "DARL_BENCH_SUB_BATCH_TOKENS": "2048", "OTHER": "x"})
-    assert applied == {"COMPILE": True, "SUB_BATCH_TOKENS": 2048}
-    assert et.COMPILE is True and et.SUB_BATCH_TOKENS == 2048
-
-
-def test_darl_variants_with_engine_overrides_start_through_the_wrapper(tmp_path: Path) -> None:
+def test_darl_variants_pass_engine_knobs_as_settings(tmp_path: Path) -> None:
     from benchmarks import servers
+    from service.settings import Settings
 
-    plain = servers.darl_spec("d", tmp_path, "torch", "bfloat16", 1, None, {"DARL_TORCH_THREADS": "1"})
-    tuned = servers.darl_spec("d", tmp_path, "torch", "bfloat16", 1, None, {"DARL_BENCH_PREFIX_REUSE": "1"})
-    assert plain.argv[-1] == "serve" and plain.env["DARL_TORCH_THREADS"] == "1"
-    assert tuned.argv[-2:] == ["-m", "benchmarks.darl_serve"] and tuned.env["DARL_BENCH_PREFIX_REUSE"] == "1"
+    tuned = servers.darl_spec("d", tmp_path, "torch", "bfloat16", 1, None, {"DARL_TORCH_PREFIX_REUSE": "1"})
+    assert tuned.argv[-1] == "serve" and tuned.env["DARL_TORCH_PREFIX_REUSE"] == "1"
+    settings = Settings(_env_file=None, **{"torch_prefix_reuse": tuned.env["DARL_TORCH_PREFIX_REUSE"]})
+    assert settings.torch_prefix_reuse is True
 
 
 def test_quick_runs_never_overwrite_the_full_report() -> None:
@@ -413,3 +403,26 @@ def test_md1_simulation_matches_the_pollaczek_khinchine_mean() -> None:
         assert abs(sum(soj) / len(soj) - expected) / expected < 0.03
     q = md1_sojourn_quantiles(0.5, 100_000)
     assert q["p50"] <= q["p90"] <= q["p99"] and q["p50"] >= 1.0
+
+
+def test_cpu_engines_section_renders_speed_quality_and_admission(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.report import cpu_engines_section
+
+    assert cpu_engines_section(tmp_path) == []  # nothing measured: no section
+    speed = {"date": "d", "machine": "2 cores, avx2", "model": "m", "pairs": 8, "mean_tokens_per_pair": 30.0}
+    speed |= {"batch": 64, "repeats": 3, "results": []}
+    speed["results"] = [
+        {"engine": "vllm-fp32", "pairs_per_s_median": 20.0, "pairs_per_s_runs": [19.0, 20.0, 21.0], "start_s": 90.0},
+        {"engine": "torch-int8", "pairs_per_s_median": 40.0, "pairs_per_s_runs": [40.0], "start_s": 5.0},
+    ]
+    (tmp_path / "engines.json").write_text(json.dumps(speed))
+    row = {"engine": "torch-int8", "domain": "id", "pairs": 9, "max_abs_dp_vs_ref": 0.2}
+    row |= {"changed_labels_vs_ref": 0.005, "macro_f1": 0.48, "qwk": 0.34}
+    (tmp_path / "engines-quality.json").write_text(
+        json.dumps({"date": "d", "machine": "x", "reference": "torch-fp32", "rows": [row]})
+    )
+    text = "\n".join(cpu_engines_section(tmp_path))
+    assert "| torch-int8 | 40.0 | 40.0 | 5.0 | 2.00× |" in text and "2 cores, avx2" in text
+    assert "| torch-int8 | id | 9 | 0.2 | 0.50% | 0.48 | 0.34 |" in text

