@@ -92,6 +92,9 @@ class LossConfig(_Strict):
     # Home Depot grades are means of >= 3 raters: train on the mean grade spread over its two nearest
     # grades (training.losses.soft_target) instead of the hard 3-way label.
     soft_targets: bool = False
+    # RankNet term over the items of one query (training.losses.pairwise_loss); > 0 also makes
+    # stage 2 batch a query's items together (training.finetune.grouped_batch_order).
+    pairwise_weight: float = Field(default=0.0, ge=0)
 
 
 class FinetuneConfig(_Strict):

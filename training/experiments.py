@@ -29,15 +29,24 @@ def _fmt(v: Any) -> str:
 
 # Config fields added after runs were recorded, with their defaults: left out of the hash while at
 # the default, so that adding a switch does not invalidate runs made before it existed.
-ADDED_FIELDS: dict[tuple[str, str], Any] = {("interpolate", "temperature"): False, ("probe", "dasa_pairs"): False}
+ADDED_FIELDS: dict[tuple[str, ...], Any] = {
+    ("interpolate", "temperature"): False,
+    ("probe", "dasa_pairs"): False,
+    ("finetune", "loss", "pairwise_weight"): 0.0,
+}
 
 
 def config_sha(overrides: dict[str, Any], cfg: Any) -> str:
     """What a finished run is reused for: its resolved config and its kind (baseline or DaRL)."""
     dump = cfg.for_manifest()
-    for (section, key), default in ADDED_FIELDS.items():
-        if dump.get(section, {}).get(key, default) == default:
-            dump.get(section, {}).pop(key, None)
+    for where in ("run_dir", "output_dir"):  # where a run writes is not what it computes (any checkout)
+        dump.pop(where, None)
+    for (*sections, key), default in ADDED_FIELDS.items():
+        node = dump
+        for section in sections:
+            node = node.get(section, {})
+        if node.get(key, default) == default:
+            node.pop(key, None)
     blob = json.dumps({"kind": overrides.get("kind", "darl"), "config": dump}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from training.features import autocast, collate, model_device
-from training.losses import balanced_class_weights, loss_from_config
+from training.losses import balanced_class_weights, loss_from_config, pairwise_loss
 from training.model import is_head_param, load_trainable_state, trainable_state
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,21 @@ def batch_order(lengths: Sequence[int], batch_size: int, epochs: float, seed: in
     return out[:wanted]
 
 
+def grouped_batch_order(groups: Sequence[int], batch_size: int, epochs: float, seed: int) -> list[np.ndarray]:
+    """Like ``batch_order``, but a group's (a query's) items stay together: groups are shuffled,
+    laid end to end and cut into batches, so a pairwise loss finds pairs of one query in a batch."""
+    rng = np.random.default_rng(seed)
+    groups = np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    per_epoch = math.ceil(len(groups) / batch_size)
+    wanted = max(1, math.ceil(epochs * per_epoch))
+    out: list[np.ndarray] = []
+    while len(out) < wanted:
+        flat = np.concatenate([members[j] for j in rng.permutation(len(members))])
+        out.extend(flat[i : i + batch_size] for i in range(0, len(flat), batch_size))
+    return out[:wanted]
+
+
 def _save(path: Path, payload: dict[str, Any]) -> None:
     import torch
 
@@ -70,12 +85,15 @@ def finetune(
     trunk_depth: int | None = None,
     on_step: Callable[[int, int], dict[str, Any] | None] | None = None,
     targets: np.ndarray | None = None,
+    groups: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train ``model``'s trainable weights in place; returns the loss history.
 
     ``seqs``: token ids per pair, or (with ``trunk_depth``) a ``training.trunk`` cache of the
     frozen trunk's states, so that each step runs only the layers from ``trunk_depth`` up.
     ``targets``: optional soft targets ``[N, K]`` (``loss.soft_targets``), else one-hot ``labels``.
+    ``groups``: the query of each pair (ids); with ``loss.pairwise_weight`` > 0 batches keep a query's
+    items together and the pairwise term is added.
     ``on_step(step, total_steps)``: called after every optimizer step (the learning curve's hook: it
     evaluates when it wants to and returns a record, kept in the history, or None).
     ``cfg`` is a ``FinetuneConfig``. ``stop_after_steps`` ends the call after that
@@ -92,8 +110,16 @@ def finetune(
     class_weights = None
     if getattr(cfg.loss, "class_weight", "none") == "balanced":
         class_weights = balanced_class_weights(labels_arr, model.config.num_labels).to(device)
-    lengths = seqs.lengths if trunk_depth is not None else [len(s) for s in seqs]
-    batches = batch_order(lengths, cfg.batch_size, cfg.epochs, seed)
+    pairwise = getattr(cfg.loss, "pairwise_weight", 0.0)
+    if pairwise and groups is None:
+        raise ValueError("loss.pairwise_weight needs the query of each pair (groups)")
+    group_arr = np.asarray(groups) if pairwise else None
+    grades = (targets @ np.arange(targets.shape[1])) if targets is not None else labels_arr.astype(np.float32)
+    if group_arr is not None:
+        batches = grouped_batch_order(group_arr, cfg.batch_size, cfg.epochs, seed)
+    else:
+        lengths = seqs.lengths if trunk_depth is not None else [len(s) for s in seqs]
+        batches = batch_order(lengths, cfg.batch_size, cfg.epochs, seed)
 
     def forward(idx: np.ndarray) -> Any:
         if trunk_depth is not None:
@@ -182,6 +208,14 @@ def finetune(
                     logits = forward(idx)
                 soft = torch.as_tensor(targets[idx], device=device) if targets is not None else None
                 loss, parts = loss_from_config(logits, y, cfg.loss, class_weights, soft)
+                if group_arr is not None:
+                    rank = pairwise_loss(
+                        logits,
+                        torch.as_tensor(grades[idx], device=device),
+                        torch.as_tensor(group_arr[idx], device=device),
+                    )
+                    loss = loss + pairwise * rank
+                    parts["pairwise"] = rank.item()
                 weight = len(idx) / n_step  # exact mean over the step's pairs
                 (loss * weight).backward()
                 step_loss += loss.item() * weight

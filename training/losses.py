@@ -7,6 +7,9 @@
   Neural Networks by Penalizing Confident Output Distributions"): minus the
   entropy of the predicted distribution, which pushes against over-confident
   outputs (mean over the batch).
+* Pairwise (optional, ``pairwise_weight``): RankNet's logistic loss (Burges et al. 2005)
+  over the pairs of one query's items in a batch with different target grades, on the
+  expected grade the service ranks by: ``softplus(-σ (E_i[g] − E_j[g]))`` for ``y_i > y_j``.
 * Ordinal (uses irrelevant < weak < strong):
   - ``expected_grade_mse``: ``((E_p[g] − y) / (K−1))²`` with grades ``g = 0..K−1``;
     the same expected grade the service exposes as its ranking score.
@@ -68,6 +71,21 @@ def darl_loss(
     loss = ce + confidence_penalty * neg_entropy + ordinal_weight * ordinal
     parts = {"ce": ce.item(), "neg_entropy": neg_entropy.item(), "ordinal": ordinal.item()}
     return loss, parts
+
+
+def pairwise_loss(logits: Any, grades: Any, groups: Any, scale: float = 5.0) -> Any:
+    """Mean RankNet loss over the pairs ``(i, j)`` of the same group with ``grades[i] > grades[j]``
+    (0 when the batch has none): the item graded higher should get the higher expected grade."""
+    import torch
+
+    p = torch.softmax(logits.float(), dim=-1)
+    score = p @ torch.arange(p.shape[-1], dtype=p.dtype, device=p.device)
+    grades = grades.to(p.dtype)
+    mask = (groups[:, None] == groups[None, :]) & (grades[:, None] > grades[None, :] + 1e-6)
+    if not bool(mask.any()):
+        return score.sum() * 0.0
+    diff = score[:, None] - score[None, :]
+    return torch.nn.functional.softplus(-scale * diff)[mask].mean()
 
 
 def balanced_class_weights(labels: Any, num_labels: int) -> Any:

@@ -321,6 +321,7 @@ def stage2(ctx: Context, added: list[Pair], stop_after_steps: int | None = None)
             trunk_depth=ctx.trunk_depth,
             on_step=_curve_hook(ctx, fc.batch_size * fc.grad_accum),
             targets=soft_targets(pairs) if fc.loss.soft_targets else None,
+            groups=query_groups(pairs),
         )
     if info["steps"] < info.get("total_steps", info["steps"]):
         raise InterruptedError(f"stage 2 stopped at step {info['steps']}/{info['total_steps']}")
@@ -344,6 +345,12 @@ def soft_targets(pairs: list[Pair]) -> np.ndarray:
     from training.losses import soft_target
 
     return np.array([soft_target(p.label, p.raw_relevance, p.source) for p in pairs], dtype=np.float32)
+
+
+def query_groups(pairs: list[Pair]) -> list[int]:
+    """An integer id per pair: its query, so a foreign item groups with the query it was drawn for."""
+    ids: dict[str, int] = {}
+    return [ids.setdefault(p.query, len(ids)) for p in pairs]
 
 
 def _curve_hook(ctx: Context, pairs_per_step: int) -> Any:

@@ -59,11 +59,12 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
 
     # uncached, num_layers=1: the classifier keeps the first of the tiny base's two layers, in training and
     # serving alike. cached: both layers, the first frozen and cached (training.trunk), LoRA on the second,
-    # foreign items as extra training pairs.
+    # foreign items as extra training pairs, the pairwise term over each query's items.
     layers = 2 if cached else 1
     cfg = tiny_config(tmp_path, data_root, tiny_base_dir, num_layers=layers, probe={"dasa_pairs": True})
     if cached:
-        finetune = cfg.finetune.model_copy(update={"cache_trunk": True, "foreign_per_query": 1})
+        loss = cfg.finetune.loss.model_copy(update={"pairwise_weight": 0.5})
+        finetune = cfg.finetune.model_copy(update={"cache_trunk": True, "foreign_per_query": 1, "loss": loss})
         cfg = cfg.model_copy(update={"finetune": finetune, "eval": cfg.eval.model_copy(update={"curve_points": 2})})
     trained = train(cfg, progress=False)
     summary = trained.summary
@@ -75,6 +76,9 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
         assert curve[-1]["step"] == summary["stage2"]["steps"] and curve[0]["pairs_seen"] < curve[-1]["pairs_seen"]
         assert {"macro_f1", "qwk", "inversion_rate"} <= set(curve[-1]["ood"])
     assert (list(cfg.run_path.parent.rglob("trunk-train-*.states.npy")) != []) == cached
+    history = json.loads((cfg.run_path / "stage2_history.json").read_text())
+    assert all(("pairwise" in h) == cached for h in history)
+    assert not cached or any(h["pairwise"] > 0 for h in history)  # batches held pairs of one query
     # Candidate-set ranking on the whole test sets: judged items plus 20 foreign ones per query.
     assert summary["id"]["cand_pairs"] > summary["id"]["n"] and 0 <= summary["id"]["inversion_rate"] <= 1
     assert summary["ood"]["cand_ndcg@10"] is not None

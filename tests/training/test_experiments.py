@@ -107,3 +107,18 @@ def test_learning_curve_is_drawn_and_tabled(tmp_path: Path) -> None:
     png = plot_learning_curve(curve, tmp_path / "docs" / "learning-curve.png", "t")
     assert png is not None and png.stat().st_size > 1000
     assert plot_learning_curve([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_a_finished_run_is_keyed_by_what_it_computes_not_where_it_was_written(tmp_path: Path) -> None:
+    """The reuse key ignores the checkout's paths (a clone elsewhere reuses the runs) and a switch added
+    later at its default, but not a changed setting."""
+    from training.config import TrainConfig
+    from training.experiments import config_sha
+
+    a = TrainConfig(name="x", run_dir=str(tmp_path / "a" / "runs" / "x"), output_dir=str(tmp_path / "a" / "out"))
+    b = a.model_copy(update={"run_dir": str(tmp_path / "b" / "runs" / "x"), "output_dir": "elsewhere"})
+    assert config_sha({}, a) == config_sha({}, b)
+    loss = a.finetune.loss.model_copy(update={"pairwise_weight": 1.0})
+    changed = a.model_copy(update={"finetune": a.finetune.model_copy(update={"loss": loss})})
+    assert config_sha({}, changed) != config_sha({}, a)
+    assert config_sha({"kind": "lexical"}, a) != config_sha({}, a)

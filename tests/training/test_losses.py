@@ -120,3 +120,36 @@ def test_soft_target_ce_and_ordinal_hand_case() -> None:
     _, parts = darl_loss(logits, torch.tensor([1]), ordinal_weight=1.0, targets=t)
     assert parts["ce"] == pytest.approx(math.log(3))
     assert parts["ordinal"] == pytest.approx(((1 - 1.3) / 2) ** 2)
+
+
+def test_pairwise_loss_hand_case() -> None:
+    """Expected grades 2·p_strong + p_weak; only same-query pairs with different grades count."""
+    from training.losses import pairwise_loss
+
+    big = 30.0  # logits that make each prediction one-hot
+    logits = torch.tensor([[0, 0, big], [big, 0, 0], [0, big, 0], [big, 0, 0]])  # E[g] = 2, 0, 1, 0
+    grades = torch.tensor([2.0, 0.0, 0.0, 2.0])
+    groups = torch.tensor([0, 0, 1, 1])
+    # query 0: (item 0 above item 1) scores 2 − 0 → softplus(−10); query 1: item 3 (grade 2) scores 0
+    # against item 2's 1 → softplus(5): the inverted pair carries the loss.
+    want = (math.log1p(math.exp(-10.0)) + math.log1p(math.exp(5.0))) / 2
+    assert pairwise_loss(logits, grades, groups, scale=5.0).item() == pytest.approx(want, rel=1e-4)
+    # no pair of one query with different grades: zero, with a gradient path
+    flat = pairwise_loss(logits.requires_grad_(), torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 2]))
+    assert flat.item() == 0.0
+    flat.backward()
+
+
+def test_grouped_batch_order_keeps_a_query_together() -> None:
+    from training.finetune import grouped_batch_order
+
+    groups = [g for g in range(20) for _ in range(4)]  # 20 queries × 4 items, batches of 8
+    batches = grouped_batch_order(groups, 8, 1.0, seed=3)
+    assert sorted(int(i) for b in batches for i in b) == list(range(80))  # each item once per epoch
+    for b in batches:
+        counts = {}
+        for i in b:
+            counts[groups[i]] = counts.get(groups[i], 0) + 1
+        assert sorted(counts.values()) == [4, 4]  # two whole queries per batch
+    assert [list(b) for b in batches] == [list(b) for b in grouped_batch_order(groups, 8, 1.0, seed=3)]
+    assert [list(b) for b in batches] != [list(b) for b in grouped_batch_order(groups, 8, 1.0, seed=4)]
