@@ -2,8 +2,8 @@
 
 Usage (from the repo root, after ``make install``)::
 
-    .venv/bin/python benchmarks/engines.py [--model-dir DIR] [--pairs 1024] [--repeats 5]
-    .venv/bin/python benchmarks/engines.py --quality --engines torch-fp32,torch-int8
+    .venv/bin/python -m benchmarks.engines [--model-dir DIR] [--pairs 1024] [--repeats 5]
+    .venv/bin/python -m benchmarks.engines --quality --engines torch-fp32,torch-int8
 
 Pairs are real (query, title) rows of the Home Depot test split, rendered with
 the production template. Each engine is started once, warmed up, then scores
@@ -27,15 +27,15 @@ import csv
 import gzip
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from relevance_core.host import machine
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `darl serve` sets it (darl/cli.py)
 
 ENGINE_CONFIGS = {
@@ -50,14 +50,6 @@ ENGINE_CONFIGS = {
     "torch-int8-sb4096": ("torch", "int8", {"torch_sub_batch_tokens": 4096}),
     "torch-int8-prefix": ("torch", "int8", {"torch_prefix_reuse": True}),
 }
-
-
-def cpu_features() -> str:
-    """The vector extensions that decide the engine and dtype (AVX2, AVX-512 variants, AMX)."""
-    import re
-
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return " ".join(sorted(set(re.findall(r"\b(avx2|avx512[a-z_0-9]*|amx[a-z_0-9]*)\b", text)))) or "no AVX2"
 
 
 def load_test_sets(root: Path) -> dict[str, list[tuple[str, str, str | None, str]]]:
@@ -135,9 +127,9 @@ def model_checkpoint(model_dir: Path | None, cache: Path) -> tuple[Path, int, st
     if model_dir is None and (REPO / "model_artifacts" / "darl-smollm2" / "manifest.json").is_file():
         model_dir = REPO / "model_artifacts" / "darl-smollm2"
     if model_dir is None:
-        from tests.tiny import make_tiny_artifact, real_base_dir
+        from relevance_core.testing import make_random_head_artifact, real_base_dir
 
-        model_dir = make_tiny_artifact(cache / "random-head", real_base_dir(), "adapter", name="random-head")
+        model_dir = make_random_head_artifact(cache / "random-head", real_base_dir(), "adapter", name="random-head")
     loaded = load_artifact(model_dir, cache if "random-head" in str(model_dir) else None)
     return loaded.checkpoint_dir, loaded.manifest.max_length, loaded.manifest.name
 
@@ -196,7 +188,7 @@ async def main() -> None:
     if args.quality:
         report = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{os.cpu_count()} cores, {cpu_features()}",
+            "machine": machine(),
             "model": model_name,
             **await quality(args.engines.split(","), ckpt, max_length, renderer, args.data.parent),
         }
@@ -219,7 +211,7 @@ async def main() -> None:
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, {cpu_features()}",
+        "machine": machine(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "model": model_name,

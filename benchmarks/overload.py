@@ -2,7 +2,7 @@
 
 Usage (repo root, after ``make install``)::
 
-    .venv/bin/python benchmarks/overload.py [--model-dir DIR] [--items 20 | --sizes 10,50,512]
+    .venv/bin/python -m benchmarks.overload [--model-dir DIR] [--items 20 | --sizes 10,50,512]
         [--factor 3] [--seconds 60] [--retries 0] [--idle-sweep]
 
 Starts ``darl serve`` on loopback, measures capacity (pairs/s) with a short
@@ -26,21 +26,21 @@ import asyncio
 import csv
 import gzip
 import json
-import os
 import random
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from darl.process import running_server
+from relevance_core.host import machine
 
-from tests.server import running_server  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SWEEP_SIZES = [1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 512]  # 512 = DARL_MAX_ITEMS's default
 
@@ -192,7 +192,9 @@ async def main() -> None:
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [args.items]
     bodies = load_requests(args.data, sizes, 500)
     env = {"DARL_MODEL_DIR": str(args.model_dir), "DARL_ENGINE": args.engine, "DARL_LOG_LEVEL": "warning"}
-    with running_server(env, ready_timeout=600) as (url, proc):
+    log = tempfile.NamedTemporaryFile("w", prefix="darl-overload-", suffix=".log", delete=False)  # noqa: SIM115
+    print(f"server log: {log.name}", file=sys.stderr)
+    with log, running_server(env, ready_timeout=600, log=log) as (url, proc):
         server = psutil.Process(proc.pid)
         sweep = None
         if args.idle_sweep:
@@ -201,11 +203,10 @@ async def main() -> None:
         mean_items = statistics.mean(sizes)
         print(f"capacity: {cap:.1f} pairs/s (calls of 100 items)", file=sys.stderr)
         report = await open_loop(url, bodies, args.factor * cap / mean_items, args.seconds, server, args.retries)
-    flags = sorted(set(re.findall(r"\b(avx2|avx512[a-z_0-9]*|amx[a-z_0-9]*)\b", Path("/proc/cpuinfo").read_text())))
     report.update(
         {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{os.cpu_count()} cores; {' '.join(flags) or 'no AVX2'}",
+            "machine": machine(),
             "engine": args.engine,
             "call_sizes": sizes,
             "idle_sweep": sweep,

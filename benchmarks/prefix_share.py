@@ -5,7 +5,7 @@ per query, the tokens its prompts share from the start (the ``Query: …`` part)
 prefixes only in whole KV blocks (128 tokens by default on CPU), so a shared prefix shorter than a
 block is recomputed for every item.
 
-    .venv/bin/python benchmarks/prefix_share.py [--queries 500]
+    .venv/bin/python -m benchmarks.prefix_share [--queries 500]
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import csv
 import gzip
 import json
 import statistics
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def shared_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:

@@ -39,6 +39,8 @@ from pathlib import Path
 
 from benchmarks import loadgen, roofline, servers, stats
 from benchmarks.workload import load_catalog, make_calls, own_fraction, read_rows
+from darl.process import free_port
+from relevance_core.host import host_info
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "homedepot.csv.gz"
@@ -153,7 +155,7 @@ def build_spec(name: str, ctx: dict) -> servers.ServerSpec:
     base, extra = parse_server(name)
     head = name.partition("@")[0]
     name = head.partition(":")[0] if ":" in head else name
-    port = servers.free_port()
+    port = free_port()
     args = shlex.split(extra.pop("ARGS", ""))
     if base == "darl-torch":
         spec = servers.darl_spec(name, ctx["model_dir"], "torch", "bfloat16", port, ctx["cache_dir"], extra)
@@ -188,12 +190,12 @@ def resolve_model(model_dir: Path | None, workdir: Path) -> tuple[Path, Path | N
         model_dir = default
     if model_dir is not None:
         return model_dir, None
-    from tests.tiny import make_tiny_artifact, real_base_dir
+    from relevance_core.testing import make_random_head_artifact, real_base_dir
 
     cache = workdir / "cache"
     art = workdir / "random-head"
     if not (art / "manifest.json").is_file():
-        make_tiny_artifact(art, real_base_dir(), "adapter", name="random-head")
+        make_random_head_artifact(art, real_base_dir(), "adapter", name="random-head")
     return art, cache
 
 
@@ -348,25 +350,6 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    flags = ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        flags = " ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in text)
-    mem_gib = None
-    with contextlib.suppress(ImportError):
-        import psutil
-
-        mem_gib = round(psutil.virtual_memory().total / 2**30, 1)
-    return {"cpu": cpu, "cores": os.cpu_count(), "flags": flags, "mem_gib": mem_gib, "os": platform.platform()}
 
 
 # -- measurement ----------------------------------------------------------------
@@ -702,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "quick": args.quick,
-        "machine": machine(),
+        "machine": host_info(),
         "versions": {**versions(), **({"infinity-emb": v} if (v := infinity_versions(args.infinity_bin)) else {})},
         "load_at_start": loadavg(),
         "busy_at_start": busy,

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,14 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from darl.process import darl_command
+
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -128,8 +122,7 @@ def darl_spec(
     }
     if cache_dir is not None:
         env["DARL_CACHE_DIR"] = str(cache_dir)
-    darl = VENV_BIN / "darl"
-    argv = [str(darl), "serve"] if darl.exists() else [sys.executable, "-m", "darl.cli", "serve"]
+    argv = [*darl_command(), "serve"]
     shown = {k: v for k, v in env.items() if k not in ("DARL_MODEL_DIR", "DARL_HOST", "DARL_PORT", "DARL_CACHE_DIR")}
     return ServerSpec(
         name=name,

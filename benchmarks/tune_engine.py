@@ -31,7 +31,6 @@ from benchmarks.run import (
     REPO,
     busy_reason,
     loadavg,
-    machine,
     machine_busy_seconds,
     resolve_model,
     steal_seconds,
@@ -40,6 +39,7 @@ from benchmarks.run import (
     wait_until_alone,
 )
 from benchmarks.workload import load_catalog, make_calls, read_rows
+from relevance_core.host import host_info
 
 MAX_FOREIGN_SHARE = 0.08
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "command": "python -m benchmarks.tune_engine " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": machine(),
+            "machine": host_info(),
             "versions": versions(),
             "model": loaded.manifest.name,
             "load_at_start": load0,

@@ -1,8 +1,10 @@
 """How a classifier checkpoint is built and how an artifact stores its weights.
 
-Training and serving both construct the model through ``build_classifier`` and
-read/write the head through ``save_head``/``load_head``, so the artifact layout
-has exactly one definition. ``torch``/``transformers`` are imported lazily.
+Training and serving both construct the model through ``build_classifier``,
+read/write the head through ``save_head``/``load_head`` and turn an artifact into
+a model through ``load_classifier`` (training's ``darl eval`` in memory, the
+service's merged checkpoint on disk), so the artifact layout has exactly one
+definition. ``torch``/``transformers``/``peft`` are imported lazily.
 
 Artifact layout (see ``relevance_core.manifest``)::
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relevance_core.labels import LABEL2ID, LABELS
-from relevance_core.manifest import ArtifactError
+from relevance_core.manifest import ArtifactError, Manifest, verify_artifact
 
 HEAD_FILE = "head.safetensors"
 ADAPTER_DIR = "adapter"
@@ -101,3 +103,44 @@ def load_head(model: Any, path: str | Path) -> None:
     missing, unexpected = head.load_state_dict({k: v.to(head.weight.dtype) for k, v in state.items()}, strict=False)
     if unexpected or [k for k in missing if k != "bias"]:
         raise ArtifactError(f"{Path(path).name} does not fit the head: missing={missing} unexpected={unexpected}")
+
+
+def check_layout(artifact_dir: str | Path, manifest: Manifest) -> None:
+    """The files ``manifest.kind`` needs are there (their hashes are ``verify_artifact``'s job)."""
+    artifact_dir = Path(artifact_dir)
+    if manifest.kind == "full":
+        if not (artifact_dir / FULL_DIR / "config.json").is_file():
+            raise ArtifactError(f"full artifact {manifest.name!r} has no {FULL_DIR}/config.json")
+        return
+    if manifest.base_model is None:
+        raise ArtifactError(f"adapter artifact {manifest.name!r} names no base_model")
+    if not (artifact_dir / HEAD_FILE).is_file():
+        raise ArtifactError(f"adapter artifact {manifest.name!r} has no {HEAD_FILE}")
+
+
+def load_classifier(
+    artifact_dir: str | Path, cache_dir: str | Path | None = None, verified: Manifest | None = None
+) -> tuple[Any, Any, Manifest]:
+    """``(model, tokenizer, manifest)`` of an artifact, in memory, in eval mode.
+
+    Verifies the artifact (unless the caller already did: ``verified``), then: ``full`` →
+    its checkpoint; ``adapter`` → the base (its first ``num_layers`` layers) → the LoRA
+    adapter merged into it, if any → the head. The base is built in ``cache_dir`` if needed.
+    """
+    from relevance_core.base_model import ensure_base_model
+
+    artifact_dir = Path(artifact_dir)
+    manifest = verified or verify_artifact(artifact_dir)
+    check_layout(artifact_dir, manifest)
+    if manifest.kind == "full":
+        model, tok = build_classifier(artifact_dir / FULL_DIR)
+    else:
+        base_dir = ensure_base_model(manifest.base_model, cache_dir)
+        model, tok = build_classifier(base_dir, num_layers=manifest.num_layers)
+        if (artifact_dir / ADAPTER_DIR).is_dir():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(artifact_dir / ADAPTER_DIR)).merge_and_unload()
+        load_head(model, artifact_dir / HEAD_FILE)
+    model.eval()
+    return model, tok, manifest

@@ -136,6 +136,14 @@ def verify_artifact(artifact_dir: Path) -> Manifest:
     return m
 
 
+def make_world_readable(root: Path) -> None:
+    """Directories 0755, files 0644 below ``root``: ``mkdtemp`` makes 0700 and safetensors
+    writes 0600, yet a server running as another (non-root) user, the container's, must read
+    the artifact. Modes are not part of the hashes."""
+    for p in [root, *Path(root).rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
 def write_artifact(staging_dir: Path, dest: Path, manifest: Manifest) -> Manifest:
     """Hash ``staging_dir``, write its manifest and move it to ``dest`` atomically.
 
@@ -143,10 +151,7 @@ def write_artifact(staging_dir: Path, dest: Path, manifest: Manifest) -> Manifes
     interrupted export never leaves a half-written artifact behind.
     """
     staging_dir, dest = Path(staging_dir), Path(dest)
-    # mkdtemp makes 0700 and some writers 0600: an artifact must be readable by the
-    # (non-root) user that serves it.
-    for p in [staging_dir, *staging_dir.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
+    make_world_readable(staging_dir)
     manifest = manifest.model_copy(update={"files": hash_tree(staging_dir)})
     tmp_manifest = staging_dir / (MANIFEST_NAME + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")

@@ -1,7 +1,8 @@
 """Load a model artifact into a plain HF checkpoint both engines can read.
 
 A ``full`` artifact already is one. An ``adapter`` artifact (LoRA adapter +
-head over a referenced base) is merged once into ``<cache>/merged/<version>``;
+head over a referenced base) is loaded by ``relevance_core.checkpoint.load_classifier``
+(as training's ``darl eval`` loads it) and saved once into ``<cache>/merged/<version>``;
 the directory name is the artifact's content hash, so a changed artifact never
 reuses a stale merge. Hashes, template version and labels are verified before
 anything is loaded.
@@ -17,14 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from relevance_core.base_model import cache_root, ensure_base_model, file_lock
-from relevance_core.checkpoint import (
-    ADAPTER_DIR,
-    FULL_DIR,
-    HEAD_FILE,
-    build_classifier,
-    load_head,
-)
+from relevance_core.base_model import cache_root, file_lock
+from relevance_core.checkpoint import FULL_DIR, check_layout, load_classifier
 from relevance_core.manifest import ArtifactError, Manifest, verify_artifact
 
 log = logging.getLogger(__name__)
@@ -61,15 +56,9 @@ def load_artifact(
             "DARL_MODEL_DIR at an artifact directory"
         )
     manifest = verified or verify_artifact(artifact_dir)
+    check_layout(artifact_dir, manifest)
     if manifest.kind == "full":
-        ckpt = artifact_dir / FULL_DIR
-        if not (ckpt / "config.json").is_file():
-            raise ArtifactError(f"full artifact {manifest.name!r} has no {FULL_DIR}/config.json")
-        return LoadedArtifact(artifact_dir, manifest, ckpt)
-    if manifest.base_model is None:
-        raise ArtifactError(f"adapter artifact {manifest.name!r} names no base_model")
-    if not (artifact_dir / HEAD_FILE).is_file():
-        raise ArtifactError(f"adapter artifact {manifest.name!r} has no {HEAD_FILE}")
+        return LoadedArtifact(artifact_dir, manifest, artifact_dir / FULL_DIR)
     out = cache_root(cache_dir) / "merged" / f"{manifest.name}-{manifest.version}"
     if not (out / _COMPLETE).is_file():
         with file_lock(out.with_name(out.name + ".lock")):
@@ -80,14 +69,7 @@ def load_artifact(
 
 def _merge(artifact_dir: Path, manifest: Manifest, out: Path, cache_dir: str | Path | None) -> None:
     log.info("materializing %s over base %s", manifest.name, manifest.base_model.name)
-    base_dir = ensure_base_model(manifest.base_model, cache_dir)
-    model, tok = build_classifier(base_dir, num_layers=manifest.num_layers)
-    adapter = artifact_dir / ADAPTER_DIR
-    if adapter.is_dir():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    load_head(model, artifact_dir / HEAD_FILE)
+    model, tok, _ = load_classifier(artifact_dir, cache_dir, verified=manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".merge-") as tmp:
         staging = Path(tmp) / "ckpt"

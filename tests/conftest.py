@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import make_tiny_artifact, make_tiny_base, real_base_dir
+from relevance_core.testing import make_random_head_artifact, make_tiny_base, real_base_dir
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Path:
     """A complete tiny fp32 classifier checkpoint as a ``full`` artifact."""
-    return make_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny-full", tiny_base, "full")
+    return make_random_head_artifact(tmp_path_factory.mktemp("art") / "tiny-full", tiny_base, "full")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,8 +18,8 @@ from service.app import create_app
 from service.errors import DeadlineTooShort, QueueFull
 from service.metrics import Metrics
 from service.settings import Settings
+from tests.apps import assert_envelope, serve, settings_for
 from tests.fakes import FakeEngine
-from tests.test_api import assert_envelope, serve, settings_for
 
 
 def body(n: int) -> dict:

@@ -7,9 +7,7 @@ Most tests use a fake engine behind the real app (renderer, batcher, routes);
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,27 +16,8 @@ import pytest
 
 from service.app import create_app
 from service.errors import EngineError
-from service.settings import Settings
+from tests.apps import ITEMS, assert_envelope, serve, settings_for, wait_until
 from tests.fakes import FakeEngine
-
-ITEMS = [
-    {"id": "a1", "title": "Simpson Strong-Tie 12-Gauge Angle"},
-    {"id": "b2", "title": "BEHR Premium 1-gal. Deep Base Paint", "description": "interior, satin"},
-    {"id": "c3", "title": "angle bracket " * 100},  # long: truncated
-]
-
-
-@contextlib.asynccontextmanager
-async def serve(app) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        await app.state.runtime.wait_ready()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
-
-
-def settings_for(artifact: Path, cache_dir: Path, **kw) -> Settings:
-    return Settings(model_dir=artifact, cache_dir=cache_dir, engine="torch", dtype="float32", **kw)
 
 
 @pytest.fixture
@@ -52,24 +31,6 @@ def make_app(tiny_artifact: Path, cache_dir: Path, engine: FakeEngine):
         return create_app(settings_for(tiny_artifact, cache_dir, **kw), engine_factory=lambda s, a: engine)
 
     return _make
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    """Poll instead of sleeping a fixed time: CI machines are slow and noisy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
-def assert_envelope(resp: httpx.Response, status: int, type_: str) -> dict:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"}
-    err = body["error"]
-    assert err["type"] == type_ and err["message"] and err["request_id"]
-    assert resp.headers["x-request-id"] == err["request_id"]
-    return err
 
 
 async def test_score_contract(make_app, engine: FakeEngine) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from relevance_core.checkpoint import ADAPTER_DIR, HEAD_FILE, build_classifier, save_head
 from relevance_core.manifest import ArtifactError, Manifest, staging_dir_for, write_artifact
+from relevance_core.testing import tiny_base_ref
 from service.artifacts import load_artifact
-from tests.tiny import tiny_base_ref
 
 
 def lora_artifact(dest: Path, base: Path):

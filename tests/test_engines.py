@@ -54,14 +54,17 @@ def test_length_chunks_respect_the_padded_token_budget() -> None:
         assert len(c) == 1 or len(c) * max(len(batch[i]) for i in c) <= 64
 
 
-def test_vllm_cpu_threads_bind_defaults_to_every_usable_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.engine_vllm import cpu_threads_bind
+def test_vllm_cpu_threads_bind_defaults_to_every_usable_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from service.engine_vllm import cgroup_cpu_limit, cpu_threads_bind
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3, 0, 2})
+    cpu_max = tmp_path / "cpu.max"  # the cgroup's quota, as the kernel shows it
+    monkeypatch.setattr("service.engine_vllm.cgroup_cpu_limit", lambda: cgroup_cpu_limit(cpu_max))
     assert Settings().vllm_cpu_threads_bind == "all"
-    assert cpu_threads_bind("all", cpu_limit=None) in ("0,2,3", "0", "0,2")  # this host's quota, if any
-    monkeypatch.setattr("service.engine_vllm.cgroup_cpu_limit", lambda: None)
-    assert cpu_threads_bind("all") == "0,2,3"
+    cpu_max.write_text("max 100000\n")
+    assert cpu_threads_bind("all") == "0,2,3"  # no quota: every core this process may use
+    cpu_max.write_text("150000 100000\n")
+    assert cpu_threads_bind("all") == "0,2"  # a 1.5-CPU quota: two threads, on the first usable cores
     assert cpu_threads_bind("all", cpu_limit=2) == "0,2"  # a pod's CPU limit caps the threads
     assert cpu_threads_bind("auto") == "auto"  # vLLM's own choice, passed through
     assert cpu_threads_bind("0-1") == "0-1"
@@ -125,6 +128,22 @@ async def test_torch_engine_int8_quantises_the_decoder_and_stays_close(tiny_arti
     # amplify int8 rounding; agreement on real pairs is measured by `benchmarks/engines.py --quality`)
 
 
+@pytest.mark.parametrize(("speedup", "want"), [(4.0, "bfloat16"), (1.1, "float32"), (0.6, "float32")])
+def test_torch_engine_auto_dtype_is_what_the_measured_speedup_implies(
+    monkeypatch: pytest.MonkeyPatch, tiny_artifact: Path, speedup: float, want: str
+) -> None:
+    """``DARL_DTYPE=auto`` on a CPU: bf16 only where it measured ≥ ``MIN_BF16_SPEEDUP`` × float32."""
+    import torch
+
+    from relevance_core import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
+    engine = TorchEngine(tiny_artifact / "model", Settings())
+    assert (engine.device, engine.dtype) == ("cpu", want)
+    assert TorchEngine(tiny_artifact / "model", Settings(dtype="float32")).dtype == "float32"  # an explicit choice wins
+
+
 async def test_torch_engine_reports_not_started(tiny_artifact: Path) -> None:
     from service.errors import EngineError
 
@@ -172,9 +191,9 @@ async def test_vllm_matches_torch_on_tiny_checkpoint(tiny_artifact: Path, tokeni
 @pytest.mark.vllm
 async def test_vllm_matches_torch_on_real_base(tmp_path: Path, base_dir: Path, tokenizer, cache_dir: Path) -> None:
     """The real SmolLM2-135M with a random head, loaded as an adapter artifact and merged."""
-    from tests.tiny import make_tiny_artifact
+    from relevance_core.testing import make_random_head_artifact
 
-    art = make_tiny_artifact(tmp_path / "real", base_dir, "adapter", name="real-head")
+    art = make_random_head_artifact(tmp_path / "real", base_dir, "adapter", name="real-head")
     loaded = await asyncio.to_thread(load_artifact, art, cache_dir)
     batch = batch_for(tokenizer)
     torch_probs, torch_alone = await run_torch(loaded.checkpoint_dir, batch)

@@ -26,7 +26,7 @@ from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 from service.app import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.test_server import InProcessServer  # noqa: E402
+from tests.apps import InProcessServer  # noqa: E402
 
 EXAMPLES_PER_OPERATION = 80
 

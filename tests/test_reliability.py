@@ -13,12 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from darl.process import darl_command, running_server
 from service.app import create_app
 from service.engine_torch import TorchEngine
 from service.hardware import vllm_installed
+from tests import REPO
+from tests.apps import ITEMS, assert_envelope, serve, settings_for, wait_until
 from tests.fakes import FakeEngine
-from tests.server import REPO, darl_command, running_server
-from tests.test_api import ITEMS, assert_envelope, serve, settings_for, wait_until
 
 BODY = {"query": "q", "items": ITEMS[:2]}
 

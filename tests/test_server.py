@@ -13,12 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
+from darl.process import darl_command, running_server
 from service.app import create_app
 from service.settings import Settings
+from tests import REPO
+from tests.apps import InProcessServer
 from tests.fakes import FakeEngine
-from tests.server import REPO, darl_command, free_port, running_server
 
 BODY = {"query": "angle bracket", "items": [{"id": "a", "title": "Simpson Strong-Tie 12-Gauge Angle"}]}
 
@@ -40,31 +41,6 @@ def test_darl_serve_refuses_a_missing_artifact_with_a_hint(tmp_path: Path) -> No
     res = subprocess.run([*darl_command(), "serve"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "not a model artifact" in res.stderr and "make artifact" in res.stderr
-
-
-class InProcessServer:
-    """uvicorn in a thread, so a test can hold the app's fake engine."""
-
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        url = f"http://127.0.0.1:{self.port}"
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("in-process server not ready")
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 def raw_post(port: int, body: bytes) -> socket.socket:

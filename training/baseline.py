@@ -56,11 +56,12 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
     """Train on ``cfg``'s training subset, evaluate on its test sets, write ``summary.json``."""
     import torch
 
+    from relevance_core.host import machine
     from training.data import load_splits
     from training.evaluate import summarize, with_candidates, write_report
     from training.features import encode
     from training.finetune import finetune
-    from training.provenance import machine, run_id
+    from training.provenance import run_id
     from training.ranking import training_foreign_pairs
 
     t0 = time.perf_counter()

@@ -1,7 +1,9 @@
 """``darl train | select | eval | experiment``: the training package's commands.
 
-Registered into the ``darl`` CLI by ``darl.cli``; heavy imports happen inside the
-handlers so ``darl --help`` stays fast.
+Registered into the ``darl`` CLI by ``darl.cli``, which imports this module at start:
+it imports nothing heavy, the handlers do, so ``darl --help`` stays fast. Errors a user
+can fix (a missing file, a bad config: ``training.config.ConfigError``) are left to
+``darl.cli``'s handler, which prints them in one line.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dtype",
         choices=["auto", "bfloat16", "float32"],
         default="auto",
-        help="autocast dtype (auto: bf16 only where the CPU has native bf16)",
+        help="autocast dtype (auto: bf16 only where bf16 matmuls measured faster than float32 on this CPU)",
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -100,18 +102,19 @@ def _load(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    cfg = _load(args)  # a bad config fails before the heavy imports
     from training.pipeline import run
 
-    summary = run(_load(args), export=not args.no_export)
+    summary = run(cfg, export=not args.no_export)
     print(json.dumps({k: summary[k] for k in ("name", "artifact", "id", "ood", "timings_s")}, indent=2, default=float))
     return 0
 
 
 def _probe_depth(args: argparse.Namespace) -> int:
-    from training.depth import probe_depths, write
-    from training.provenance import machine
-
     cfg = _load(args)
+    from relevance_core.host import machine
+    from training.depth import probe_depths, write
+
     result = probe_depths(cfg, args.depths)
     command = f"darl probe-depth --config {args.config}" + (
         " --depths " + " ".join(map(str, args.depths)) if args.depths else ""
@@ -125,10 +128,10 @@ def _probe_depth(args: argparse.Namespace) -> int:
 def _select(args: argparse.Namespace) -> int:
     import shutil
 
+    cfg = _load(args)
     from training.pipeline import dasa, prepare, stage1
     from training.selection import import_labels
 
-    cfg = _load(args)
     if args.import_:
         from training.data import load_splits
 
@@ -162,12 +165,12 @@ def _select(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
+    from relevance_core.checkpoint import load_classifier
     from training.data import load_pairs, subsample
     from training.evaluate import predict, with_candidates, write_report
-    from training.export import load_for_eval
 
     torch.set_num_threads(args.threads)
-    model, tok, manifest = load_for_eval(args.model)
+    model, tok, manifest = load_classifier(args.model)
     groups: dict[str, list] = {}
     for path in args.data:
         for p in load_pairs(path, on_error="skip", default_split=args.split or "test"):

@@ -12,9 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relevance_core.manifest import BaseModelRef
+
+
+class ConfigError(ValueError):
+    """A training config (file or ``--set`` override) that cannot be read or does not validate."""
 
 
 class _Strict(BaseModel):
@@ -223,7 +227,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
+            raise ConfigError(f"override {item!r} is not KEY=VALUE")
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
@@ -233,11 +237,21 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The validated config in ``path`` with ``overrides`` merged in; ``ConfigError`` names what is wrong."""
     import yaml
 
     path = Path(path).resolve()
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from e
     if overrides:
         raw = deep_update(raw, overrides)
     raw.setdefault("root_dir", str(find_root(path.parent)))
-    return TrainConfig.model_validate(raw)
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{path}: {problems}") from e

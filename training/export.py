@@ -1,7 +1,8 @@
-"""Write a trained model as an artifact, and load an artifact back for evaluation.
+"""Write a trained model as an artifact.
 
 Artifacts are written only through ``relevance_core.manifest.write_artifact``
-(staged, hashed, then moved into place atomically). LoRA runs give
+(staged, made readable to other users, hashed, then moved into place atomically)
+and loaded back only through ``relevance_core.checkpoint.load_classifier``. LoRA runs give
 ``kind="adapter"``: ``adapter/`` (PEFT ``save_pretrained``) + ``head.safetensors``
 (``save_head``), a few MB over a referenced base. Full fine-tuning gives
 ``kind="full"``: a complete HF checkpoint under ``model/``.
@@ -13,8 +14,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from relevance_core.checkpoint import ADAPTER_DIR, FULL_DIR, HEAD_FILE, load_head, save_head
-from relevance_core.manifest import BaseModelRef, Manifest, staging_dir_for, verify_artifact, write_artifact
+from relevance_core.checkpoint import ADAPTER_DIR, FULL_DIR, HEAD_FILE, save_head
+from relevance_core.manifest import BaseModelRef, Manifest, staging_dir_for, write_artifact
 
 
 def is_peft(model: Any) -> bool:
@@ -52,7 +53,6 @@ def export_artifact(
         model.save_pretrained(staging / FULL_DIR)
         tok.save_pretrained(staging / FULL_DIR)
         kind = "full"
-    _world_readable(staging)
     manifest = Manifest(
         name=name,
         kind=kind,
@@ -65,38 +65,3 @@ def export_artifact(
         metrics=metrics,
     )
     return write_artifact(staging, dest, manifest)
-
-
-def _world_readable(root: Path) -> None:
-    """mkdtemp and safetensors create 0700/0600 entries; a server running as another user
-    (the container) must be able to read the artifact. Modes are not part of the hashes."""
-    import os
-
-    for dirpath, _dirs, files in os.walk(root):
-        os.chmod(dirpath, 0o755)
-        for f in files:
-            os.chmod(os.path.join(dirpath, f), 0o644)
-
-
-def load_for_eval(artifact_dir: str | Path, cache_dir: str | Path | None = None) -> tuple[Any, Any, Manifest]:
-    """``(model, tokenizer, manifest)`` of a verified artifact, merged in memory.
-
-    The same steps as the service's loader (verify → base → adapter → head),
-    without writing a merged checkpoint; training never imports ``service``.
-    """
-    from relevance_core.base_model import ensure_base_model
-    from relevance_core.checkpoint import build_classifier
-
-    artifact_dir = Path(artifact_dir)
-    manifest = verify_artifact(artifact_dir)
-    if manifest.kind == "full":
-        model, tok = build_classifier(artifact_dir / FULL_DIR)
-        return model, tok, manifest
-    model, tok = build_classifier(ensure_base_model(manifest.base_model, cache_dir), num_layers=manifest.num_layers)
-    if (artifact_dir / ADAPTER_DIR).is_dir():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(artifact_dir / ADAPTER_DIR)).merge_and_unload()
-    load_head(model, artifact_dir / HEAD_FILE)
-    model.eval()
-    return model, tok, manifest

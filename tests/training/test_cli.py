@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tiny import make_tiny_artifact
-from tests.training.conftest import tiny_train_dict
+from relevance_core.testing import make_random_head_artifact
+from tests.training.tiny import tiny_train_dict
 
 
 def _config(tmp: Path, data_root: Path, base: Path) -> Path:
@@ -56,7 +56,7 @@ def test_select_export_label_import_train(tmp_path: Path, data_root: Path, tiny_
 def test_eval_command(tmp_path: Path, data_root: Path, tiny_base_dir: Path) -> None:
     from darl.cli import main
 
-    art = make_tiny_artifact(tmp_path / "art", tiny_base_dir, kind="adapter")
+    art = make_random_head_artifact(tmp_path / "art", tiny_base_dir, kind="adapter")
     out = tmp_path / "eval"
     assert (
         main(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.training.conftest import tiny_train_dict
+from tests.training.tiny import tiny_train_dict
 
 torch = pytest.importorskip("torch")
 

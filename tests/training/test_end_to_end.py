@@ -9,38 +9,7 @@ import numpy as np
 import pytest
 
 from relevance_core.manifest import read_manifest
-from tests.training.conftest import tiny_train_dict
-
-
-def tiny_config(tmp: Path, data_root: Path, base: Path, **over):
-    from training.config import TrainConfig
-
-    raw = tiny_train_dict(
-        data_root,
-        base,
-        name="tiny-darl",
-        seed=3,
-        threads=2,
-        max_length=48,
-        run_dir=str(tmp / "run"),
-        output_dir=str(tmp / "artifact"),
-        dasa={"budget": 12},
-        finetune={
-            "max_train_pairs": 96,
-            "grad_accum": 2,
-            "lr": 5e-3,
-            "head_lr": 5e-3,
-            "checkpoint_every": 2,
-            # top layer only: the exported adapter's layers_to_transform must survive the service's loader
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "top_layers": 1},
-        },
-        interpolate={"grid": [0.0, 0.5, 1.0], "temperature": True},
-        eval={"batch_size": 32},
-        root_dir=str(tmp),
-    )
-    for k, v in over.items():
-        raw[k] = v
-    return TrainConfig.model_validate(raw)
+from tests.training.tiny import tiny_config
 
 
 @pytest.mark.slow
@@ -48,12 +17,12 @@ def tiny_config(tmp: Path, data_root: Path, base: Path, **over):
 def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_base_dir: Path, cached: bool) -> None:
     import torch
 
+    from relevance_core.checkpoint import load_classifier
     from relevance_core.postprocess import probs_from_logits
     from relevance_core.prompt import PromptRenderer
     from service.artifacts import load_artifact
     from training.data import render_pairs
     from training.evaluate import predict
-    from training.export import load_for_eval
     from training.features import encode
     from training.pipeline import train
 
@@ -82,13 +51,14 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     # Candidate-set ranking on the whole test sets: judged items plus 20 foreign ones per query.
     assert summary["id"]["cand_pairs"] > summary["id"]["n"] and 0 <= summary["id"]["inversion_rate"] <= 1
     assert summary["ood"]["cand_ndcg@10"] is not None
-    # Every stage ran and left its record.
-    assert summary["probe_val"]["id"]["accuracy"] >= 0
+    # Every stage ran and left its record. The probe's val accuracy is that of stage 1, the c = 0 end of
+    # the interpolation curve (the probed head over the frozen backbone, scored on the same val pairs).
+    curve = summary["interpolation"]["curve"]
+    assert summary["probe_val"]["id"]["accuracy"] == curve[0]["id"]["accuracy"] and curve[0]["coef"] == 0.0
     assert set(summary["ood_auroc"]) == {"mahalanobis", "knn", "combined"}
     assert summary["selection"]["selected"] <= 12
     assert summary["stage2"]["dasa_pairs"] == summary["selection"]["labelled"] > 0
     assert summary["probe_val"]["dasa_pairs"] == summary["selection"]["labelled"]  # the probe saw them too
-    curve = summary["interpolation"]["curve"]
     assert [r["coef"] for r in curve] == [0.0, 0.5, 1.0]
     assert all("id" in r and "ood" in r and np.isfinite(r["objective"]) for r in curve)
     assert summary["interpolation"]["coef"] == max(curve, key=lambda r: r["objective"])["coef"]
@@ -118,11 +88,16 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     _, train_logits = encode(trained.model, seqs, pad, 16, "float32", want_features=False, progress=False)
     _, served_logits = encode(served, seqs, pad, 16, "float32", want_features=False, progress=False)
     np.testing.assert_allclose(probs_from_logits(served_logits), probs_from_logits(train_logits), atol=1e-5)
-    # The training-side loader (used by `darl eval`) agrees too.
-    model, tok, _ = load_for_eval(cfg.output_path)
+    # The same loader in memory (what `darl eval` runs) agrees too, and its labels on the whole ID test set
+    # give the test accuracy the run reported.
+    model, tok, _ = load_classifier(cfg.output_path)
     np.testing.assert_allclose(
         predict(model, tok, pairs, 48, dtype="float32", progress=False), probs_from_logits(train_logits), atol=1e-5
     )
+    test_id = trained.splits.test_id
+    probs = predict(model, tok, test_id, 48, dtype="float32", progress=False)
+    accuracy = float(np.mean(probs.argmax(1) == np.array([p.label for p in test_id])))
+    assert summary["id"]["accuracy"] == pytest.approx(accuracy) and summary["id"]["n"] == len(test_id)
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.server import REPO, darl_command
-from tests.training.test_end_to_end import tiny_config
+from darl.process import darl_command
+from tests import REPO
+from tests.training.tiny import tiny_config
 
 
 def _write(cfg, path: Path) -> Path:

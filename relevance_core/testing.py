@@ -1,8 +1,15 @@
-"""Tiny models built from configs, for fast tests of the real code paths.
+"""Artifacts with random weights, for tests and benchmarks of the real code paths.
 
-The tokenizer is the real base model's (built once by ``darl base-model``), so
-rendered prompts are the production ones; only the transformer is tiny and
-randomly initialised with a fixed seed.
+Speed does not depend on the weights, and parity between loaders or engines only
+needs the same weights on both sides, so neither needs a trained model:
+
+- ``make_tiny_base``: a tiny randomly initialised Llama with the real base's tokenizer
+  (prompts are rendered exactly as in production), fast enough for unit tests;
+- ``make_random_head_artifact``: a classifier over any base (tiny or the real one)
+  with a seeded random head, written as a ``full`` or ``adapter`` artifact through
+  ``relevance_core.manifest.write_artifact`` like a trained one.
+
+``torch``/``transformers`` are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ TINY_CONFIG = dict(
 
 
 def real_base_dir() -> Path:
+    """The default base model's HF directory (built once, then cached, by ``darl base-model``)."""
     return ensure_base_model(DEFAULT_BASE)
 
 
 def make_tiny_base(dest: Path, seed: int = 0) -> Path:
-    """A tiny random LlamaForCausalLM with the real tokenizer, saved as an HF dir."""
+    """A tiny random LlamaForCausalLM with the real tokenizer, saved as an HF dir (kept if already there)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -59,11 +67,15 @@ def make_tiny_base(dest: Path, seed: int = 0) -> Path:
 
 
 def tiny_base_ref(base_dir: Path) -> BaseModelRef:
+    """A manifest's reference to a local base directory."""
     return BaseModelRef(name="tiny-llama", source="path", path=str(base_dir))
 
 
-def make_tiny_artifact(dest: Path, base_dir: Path, kind: str = "full", seed: int = 0, name: str = "tiny") -> Path:
-    """A tiny artifact: ``full`` (whole checkpoint) or ``adapter`` (head over the base)."""
+def make_random_head_artifact(
+    dest: Path, base_dir: Path, kind: str = "full", seed: int = 0, name: str = "tiny"
+) -> Path:
+    """``base_dir`` with a seeded random head as an artifact: ``full`` (the whole checkpoint) or
+    ``adapter`` (the head alone, over ``base_dir`` by path)."""
     import torch
 
     model, tok = build_classifier(base_dir)
