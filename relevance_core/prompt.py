@@ -33,6 +33,21 @@ class PromptTooLongError(ValueError):
     """The query plus the template's fixed parts already exceed the max length."""
 
 
+class TextTooLongError(ValueError):
+    """Text over its character limit where cutting is off."""
+
+
+def cut_to_limit(what: str, text: str | None, limit: int, refuse: str | None = None) -> tuple[str | None, bool]:
+    """``text`` within ``limit`` characters and whether it was cut: the service's character limits
+    (``max_query_chars``, ``max_field_chars``), one rule for serving and batch scoring. ``refuse`` (why
+    cutting is off) makes over-long text a ``TextTooLongError`` instead."""
+    if text is None or len(text) <= limit:
+        return text, False
+    if refuse is not None:
+        raise TextTooLongError(f"{what} has {len(text)} characters; at most {limit} ({refuse})")
+    return text[:limit], True
+
+
 @dataclass(frozen=True, slots=True)
 class Rendered:
     """Token ids of one (query, item) pair and whether its item text was cut."""

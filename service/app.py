@@ -6,12 +6,10 @@ given; nothing is loaded at import time.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -19,39 +17,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relevance_core.labels import LABELS
 from relevance_core.manifest import Manifest
-from service.errors import (
-    BadRequest,
-    ClientDisconnected,
-    ServiceError,
-    UnsupportedMediaType,
-    install_error_handlers,
-)
+from service import rerank_cohere, rerank_tei
+from service.calls import TIMEOUT_HEADER, requested_timeout, require_json, score_unless_disconnected
+from service.errors import TooManyItems, install_error_handlers
 from service.metrics import Metrics
 from service.middleware import AuthMiddleware, BodyLimitMiddleware, ObserveMiddleware
-from service.runtime import EngineFactory, Runtime, ScoredCall, default_engine_factory
+from service.runtime import EngineFactory, Runtime, default_engine_factory
 from service.schemas import ErrorResponse, ModelRef, ScoreRequest, ScoreResponse, Usage
 from service.settings import Settings
+from service.tracing import INSTRUMENTATION_NAME, TracingMiddleware, setup_tracing, shutdown_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 429, 503, 504)
 }
-TIMEOUT_HEADER = "x-request-timeout"
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    """Returns when the client goes away (the body has already been read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def require_json(request: Request) -> None:
-    ctype = request.headers.get("content-type", "")
-    if ctype.split(";")[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType(f"Content-Type must be application/json, got {ctype or 'none'!r}")
+# Rerank protocols: their own routes and error bodies, over the same runtime (service/rerank_*.py).
+_PROTOCOLS = (rerank_tei, rerank_cohere)
 
 
 def create_app(
@@ -60,11 +45,20 @@ def create_app(
     engine_factory: EngineFactory = default_engine_factory,
     metrics: Metrics | None = None,
     manifest: Manifest | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
-    """``manifest``: the artifact's, already verified by the caller (else the runtime verifies it)."""
+    """``manifest``: the artifact's, already verified by the caller (else the runtime verifies it).
+
+    ``tracer_provider``: where spans go (tests pass one with an in-memory exporter; the caller
+    keeps and shuts it down). Default: ``setup_tracing``, None (no tracing) unless an OTLP
+    endpoint is configured; the app then flushes and shuts it down when it stops.
+    """
     settings = settings or Settings()
     metrics = metrics or Metrics()
     runtime = Runtime(settings, metrics, engine_factory, manifest)
+    owns_provider = tracer_provider is None
+    if tracer_provider is None:
+        tracer_provider = setup_tracing(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +67,8 @@ def create_app(
             yield
         finally:
             await runtime.stop()
+            if owns_provider and tracer_provider is not None:
+                await shutdown_tracing(tracer_provider)
 
     app = FastAPI(
         title="DaRL relevance scoring",
@@ -84,14 +80,20 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = runtime
-    install_error_handlers(app)
+    app.state.tracer_provider = tracer_provider
+    errors = install_error_handlers(app)
 
     # Added innermost first: observe (outermost) sees every response, the 401 and 413 included.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, errors=errors)
     if settings.api_key is not None:
         app.add_middleware(
-            AuthMiddleware, api_key=settings.api_key.get_secret_value(), exempt_paths=settings.auth_exempt_paths
+            AuthMiddleware,
+            api_key=settings.api_key.get_secret_value(),
+            exempt_paths=settings.auth_exempt_paths,
+            errors=errors,
         )
+    if tracer_provider is not None:  # inside observe: the request id is set, the 401 and 413 are seen
+        app.add_middleware(TracingMiddleware, tracer=tracer_provider.get_tracer(INSTRUMENTATION_NAME))
     app.add_middleware(ObserveMiddleware, metrics=metrics)
 
     @app.post(
@@ -103,9 +105,9 @@ def create_app(
     )
     async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         if len(body.items) > settings.max_items:
-            raise BadRequest(f"{len(body.items)} items; at most {settings.max_items} per request")
-        timeout = _requested_timeout(request.headers.get(TIMEOUT_HEADER), body.timeout_s)
-        scored = await _score_unless_disconnected(runtime, body, timeout, request)
+            raise TooManyItems(f"{len(body.items)} items; at most {settings.max_items} per request")
+        timeout = requested_timeout(request.headers.get(TIMEOUT_HEADER), body.timeout_s)
+        scored = await score_unless_disconnected(runtime, body, timeout, request)
         return ScoreResponse(
             request_id=request.state.request_id,
             model=ModelRef(**runtime.model_info()),
@@ -154,36 +156,8 @@ def create_app(
             ]
         }
 
+    for protocol in _PROTOCOLS:
+        app.include_router(protocol.router)
+        errors.claim((route.path for route in protocol.router.routes), protocol.error_response)
+
     return app
-
-
-def _requested_timeout(header: str | None, body_value: float | None) -> float | None:
-    """The client's deadline in seconds: the ``X-Request-Timeout`` header, else the body's ``timeout_s``."""
-    if header is None:
-        return body_value
-    try:
-        value = float(header)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise BadRequest(f"X-Request-Timeout must be a positive number of seconds, got {header[:40]!r}")
-    return value
-
-
-async def _score_unless_disconnected(
-    runtime: Runtime, body: ScoreRequest, timeout_s: float | None, request: Request
-) -> ScoredCall:
-    """Score, but give up (and free the queued pairs) as soon as the client goes away."""
-    task = asyncio.ensure_future(runtime.score(body, timeout_s))
-    gone = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ServiceError):
-            await task
-        runtime.metrics.failures.labels("client_disconnected").inc()
-        raise ClientDisconnected("client disconnected")
-    return task.result()

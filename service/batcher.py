@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,10 @@ from service.engine import Engine, TokenIds
 from service.errors import DeadlineExceeded, EngineError, NotReady, ServiceError
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tracing import SPAN_BATCH, CallTrace, current_call_trace
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ class _Request:
     deadline: float
     future: asyncio.Future
     enqueued_at: float
+    trace: CallTrace | None = None  # the call's spans, when it is traced
+    enqueued_ns: int = 0  # OpenTelemetry's clock; set for a traced call only
     results: np.ndarray = field(init=False)
     remaining: int = field(init=False)
 
@@ -133,7 +140,15 @@ class MicroBatcher:
         tokens = sum(len(p) for p in pairs)
         self.admission.decide(n, tokens, deadline_s, self.backlog())
         loop = asyncio.get_running_loop()
-        req = _Request(pairs, loop.time() + deadline_s, loop.create_future(), time.perf_counter())
+        call = current_call_trace()
+        req = _Request(
+            pairs,
+            loop.time() + deadline_s,
+            loop.create_future(),
+            time.perf_counter(),
+            call,
+            time.time_ns() if call is not None else 0,
+        )
         self._queue.extend((req, i) for i in range(n))
         self._set_queued(self._queued + n, self._queued_tokens + tokens)
         self._requests += 1
@@ -215,6 +230,8 @@ class MicroBatcher:
             m.queue_wait.observe(start - req.enqueued_at)
         m.batch_pairs.observe(len(ids))
         m.batch_tokens.observe(tokens)
+        spans = self._start_spans(batch, tokens)
+        error: Exception | None = None
         try:
             probs = await self.engine.score(ids)
             if probs.shape != (len(ids), len(LABELS)):
@@ -222,7 +239,7 @@ class MicroBatcher:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            err = e if isinstance(e, ServiceError) else EngineError(f"{type(e).__name__}: {e}")
+            err = error = e if isinstance(e, ServiceError) else EngineError(f"{type(e).__name__}: {e}")
             log.error("batch of %d pairs failed: %s", len(ids), err)
             failed = {req for req, _ in batch if not req.future.done()}
             m.failures.labels("engine_error").inc(len(failed))
@@ -235,6 +252,8 @@ class MicroBatcher:
             self._inflight_tokens = 0
             m.inference_duration.observe(time.perf_counter() - start)
             self.batches_run += 1
+            if spans:
+                _end_spans(spans, error)
         self.admission.cost.observe(tokens, time.perf_counter() - start)
         m.pairs.inc(len(ids))
         for (req, i), p in zip(batch, probs, strict=True):
@@ -244,3 +263,40 @@ class MicroBatcher:
             req.remaining -= 1
             if req.remaining == 0:
                 req.future.set_result(req.results)
+
+    def _start_spans(self, batch: list[tuple[_Request, int]], tokens: int) -> list[Span]:
+        """For each traced call in ``batch``: its ``queue_wait`` if this is its first batch, and a
+        ``batch_inference`` span of its own (see service/tracing.py for why not one shared span)."""
+        per_call: dict[_Request, int] = {}
+        for req, _ in batch:
+            if req.trace is not None:
+                per_call[req] = per_call.get(req, 0) + 1
+        if not per_call:
+            return []
+        now = time.time_ns()
+        spans = []
+        for req, pairs in per_call.items():
+            assert req.trace is not None
+            if req.enqueued_ns:  # first batch with a pair of this call: its queue wait ends here
+                req.trace.queue_wait(req.enqueued_ns, now, len(req.pairs))
+                req.enqueued_ns = 0
+            attributes = {
+                "darl.batch.id": self.batches_run,
+                "darl.batch.pairs": len(batch),
+                "darl.batch.tokens": tokens,
+                "darl.batch.call_pairs": pairs,
+            }
+            spans.append(req.trace.span(SPAN_BATCH, now, attributes))
+        return spans
+
+
+def _end_spans(spans: list[Span], error: Exception | None) -> None:
+    """End a batch's spans; a failed batch marks each of them as an error."""
+    if error is not None:
+        from opentelemetry.trace import StatusCode  # loaded already: spans exist only when tracing is on
+
+        for span in spans:
+            span.record_exception(error)
+            span.set_status(StatusCode.ERROR, str(error))
+    for span in spans:
+        span.end()

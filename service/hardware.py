@@ -18,14 +18,14 @@ def vllm_installed() -> bool:
 
 
 def fast_cpu_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 or AMX); elsewhere torch emulates bf16, far slower than fp32."""
-    import torch
+    """bf16 matmuls measured clearly faster than float32 here (``relevance_core.precision``)."""
+    from relevance_core.precision import cpu_prefers_bf16
 
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return cpu_prefers_bf16()
 
 
 def resolve_dtype(requested: str, device: str) -> str:
-    """bf16 where the hardware has fast bf16 (CPU AVX512-BF16/AMX, GPU compute ≥ 8.0), else fp32."""
+    """bf16 where the hardware makes it fast (CPU: measured; GPU: compute ≥ 8.0), else fp32 (fp16 on older GPUs)."""
     if requested != "auto":
         return requested
     import torch

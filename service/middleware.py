@@ -15,7 +15,7 @@ import uuid
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, Unauthorized, envelope
+from service.errors import ErrorFormats, ErrorInfo, PayloadTooLarge, Unauthorized
 from service.logs import request_id_var
 from service.metrics import Metrics
 
@@ -25,11 +25,14 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413, by header and while streaming."""
+    """Refuse bodies over ``max_bytes`` with 413, by header and while streaming.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``errors``: the app's error formats, so the 413 has the body the path's protocol expects."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, errors: ErrorFormats | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.errors = errors or ErrorFormats()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,8 +58,8 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = scope.get("state", {}).get("request_id", "")
-        resp = envelope(413, PayloadTooLarge.type, f"request body exceeds {self.max_bytes} bytes", rid)
-        await resp(scope, receive, send)
+        info = ErrorInfo(413, PayloadTooLarge.type, f"request body exceeds {self.max_bytes} bytes", rid)
+        await self.errors.respond(scope["path"], info)(scope, receive, send)
 
 
 class ObserveMiddleware:
@@ -109,12 +112,15 @@ class ObserveMiddleware:
 
 
 class AuthMiddleware:
-    """Optional bearer-token auth (``DARL_API_KEY``), compared in constant time."""
+    """Optional bearer-token auth (``DARL_API_KEY``), compared in constant time.
 
-    def __init__(self, app: ASGIApp, api_key: str, exempt_paths: list[str]) -> None:
+    ``errors``: the app's error formats, so the 401 has the body the path's protocol expects."""
+
+    def __init__(self, app: ASGIApp, api_key: str, exempt_paths: list[str], errors: ErrorFormats | None = None) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
         self.exempt = set(exempt_paths)
+        self.errors = errors or ErrorFormats()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
@@ -123,10 +129,10 @@ class AuthMiddleware:
         given = _header(scope, b"authorization") or b""
         if not hmac.compare_digest(given, self.expected):
             rid = scope.get("state", {}).get("request_id", "")
-            resp = envelope(
+            info = ErrorInfo(
                 401, Unauthorized.type, "missing or invalid bearer token", rid, {"WWW-Authenticate": "Bearer"}
             )
-            await resp(scope, receive, send)
+            await self.errors.respond(scope["path"], info)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

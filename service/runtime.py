@@ -27,10 +27,11 @@ from service.artifacts import LoadedArtifact, load_artifact
 from service.batcher import BatchLimits, MicroBatcher
 from service.engine import Engine
 from service.engine_factory import create_engine
-from service.errors import BadRequest, EngineError, NotReady
+from service.errors import EngineError, InputTooLong, NotReady
 from service.metrics import Metrics
 from service.schemas import ItemScore, Probs, ScoreRequest
 from service.settings import Settings
+from service.tracing import current_call_trace
 
 log = logging.getLogger(__name__)
 
@@ -227,25 +228,46 @@ class Runtime:
         m = self.manifest
         return {"name": m.name if m else "", "version": m.version if m else ""}
 
-    async def score(self, req: ScoreRequest, timeout_s: float | None = None) -> ScoredCall:
-        """Render, admit, batch and post-process one call. ``timeout_s``: the client's deadline, if any."""
+    async def score(
+        self, req: ScoreRequest, timeout_s: float | None = None, *, truncate: bool | None = None
+    ) -> ScoredCall:
+        """Render, admit, batch and post-process one call. ``timeout_s``: the client's deadline, if any.
+
+        ``truncate``: None follows ``auto_truncate``; True cuts long text and flags it; False refuses
+        (400) any text that would be cut, item text over the model's max length included (a rerank
+        client's explicit ``truncate: false``, where silent cutting would break its contract).
+        """
         if not self.ready or self.renderer is None or self.batcher is None:
             raise NotReady(self.failure or "model is loading; retry when /readyz is 200")
         s, renderer = self.settings, self.renderer
-        query, query_cut = self._cut("query", req.query, s.max_query_chars)
+        cut_query = s.auto_truncate if truncate is None else truncate
+        query, query_cut = self._cut("query", req.query, s.max_query_chars, truncate)
         items, items_cut = [], []
         for it in req.items:
-            title, t_cut = self._cut(f"item {it.id!r}: title", it.title, s.max_field_chars)
-            desc, d_cut = self._cut(f"item {it.id!r}: description", it.description, s.max_field_chars)
+            title, t_cut = self._cut(f"item {it.id!r}: title", it.title, s.max_field_chars, truncate)
+            desc, d_cut = self._cut(f"item {it.id!r}: description", it.description, s.max_field_chars, truncate)
             items.append((title, desc))
             items_cut.append(t_cut or d_cut)
         try:
-            rendered = await asyncio.to_thread(renderer.render_many, query, items, s.auto_truncate)
+            rendered = await asyncio.to_thread(renderer.render_many, query, items, cut_query)
         except PromptTooLongError as e:
-            raise BadRequest(f"query too long: {e}") from None
+            raise InputTooLong(f"query too long: {e}") from None
+        if truncate is False:
+            over = [it.id for it, r in zip(req.items, rendered, strict=True) if r.truncated]
+            if over:
+                raise InputTooLong(
+                    f"{len(over)} item(s) longer than the model's max length of {renderer.max_length} tokens "
+                    f"with the query (first: item {over[0]!r}); send shorter text or allow truncation"
+                )
         ids = [r.token_ids for r in rendered]
+        tokens = sum(len(x) for x in ids)
+        call = current_call_trace()  # None unless tracing is on and this request is sampled
+        if call is not None:
+            call.validated(len(ids), tokens)
         deadline = self.admission.deadline_s(len(ids), timeout_s)
         probs = await self.batcher.score(ids, deadline)
+        if call is not None:
+            call.scored()
         scores = expected_grade(probs)
         results = [
             ItemScore(
@@ -258,12 +280,13 @@ class Runtime:
             for it, p, score, r, cut in zip(req.items, probs, scores, rendered, items_cut, strict=True)
         ]
         query_cut = query_cut or any(r.query_truncated for r in rendered)
-        return ScoredCall(results, query_cut, sum(len(x) for x in ids), deadline)
+        return ScoredCall(results, query_cut, tokens, deadline)
 
-    def _cut(self, what: str, text: str | None, limit: int) -> tuple[str | None, bool]:
-        """``text`` within ``limit`` characters: cut (``auto_truncate``) or refused with 400."""
+    def _cut(self, what: str, text: str | None, limit: int, truncate: bool | None = None) -> tuple[str | None, bool]:
+        """``text`` within ``limit`` characters: cut or refused with 400 (``truncate``, else ``auto_truncate``)."""
         if text is None or len(text) <= limit:
             return text, False
-        if not self.settings.auto_truncate:
-            raise BadRequest(f"{what} has {len(text)} characters; at most {limit} (DARL_AUTO_TRUNCATE is off)")
+        if truncate is False or (truncate is None and not self.settings.auto_truncate):
+            why = "DARL_AUTO_TRUNCATE is off" if truncate is None else "the request turned truncation off"
+            raise InputTooLong(f"{what} has {len(text)} characters; at most {limit} ({why})")
         return text[:limit], True

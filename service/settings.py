@@ -9,14 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ARTIFACT = Path("model_artifacts") / "darl-smollm2"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DARL_", extra="ignore", protected_namespaces=())
+    # populate_by_name: fields with env aliases (tracing) still take their name as a keyword.
+    model_config = SettingsConfigDict(
+        env_prefix="DARL_", extra="ignore", protected_namespaces=(), populate_by_name=True
+    )
 
     # Network
     host: str = "127.0.0.1"
@@ -96,3 +99,23 @@ class Settings(BaseSettings):
     health_interval_s: float = Field(1.0, gt=0, description="engine liveness poll period")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+
+    # Tracing (service/tracing.py): off unless an endpoint is set. The OpenTelemetry standard
+    # variables are read too (the DARL_ one wins), so a collector-injected environment just works.
+    otlp_traces_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DARL_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        description="OTLP collector URL for traces, e.g. http://otel-collector:4318; unset: no tracing",
+    )
+    otlp_traces_protocol: Literal["grpc", "http/protobuf"] | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "DARL_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
+        ),
+        description="unset: grpc for a grpc:// URL or port 4317, else http/protobuf",
+    )
+    otlp_service_name: str = Field(
+        "darl-relevance",
+        validation_alias=AliasChoices("DARL_OTLP_SERVICE_NAME", "OTEL_SERVICE_NAME"),
+        description="the traces' service.name",
+    )
