@@ -21,20 +21,20 @@ from relevance_core.checkpoint import head_module
 
 
 def resolve_dtype(dtype: str) -> str:
-    """``auto``: bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16, AMX), else float32.
+    """``auto``: bf16 on CUDA and on CPUs where bf16 matmuls measured faster than float32, else float32.
 
-    On AVX2-only CPUs bf16 is emulated and slower than fp32 (docs/results.md records the flags).
+    Neither AVX2 (bf16 emulated) nor the AVX-512-BF16 Xeons without AMX measured here gain from bf16
+    (``relevance_core.precision``); the run's summary records the CPU flags.
     """
     if dtype != "auto":
         return dtype
     import torch
 
-    from training.provenance import cpu_flags
+    from relevance_core.precision import cpu_prefers_bf16
 
     if torch.cuda.is_available():
         return "bfloat16"
-    native = {"avx512_bf16", "amx_bf16"} & set(cpu_flags())
-    return "bfloat16" if native else "float32"
+    return "bfloat16" if cpu_prefers_bf16() else "float32"
 
 
 def autocast(dtype: str) -> contextlib.AbstractContextManager:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.training.conftest import tiny_train_dict
+from tests.training.tiny import tiny_train_dict
 
 
 @pytest.mark.slow
@@ -19,6 +19,7 @@ def test_experiment_table(tmp_path: Path, data_root: Path, tiny_base_dir: Path) 
     spec = {
         "base_config": str(tmp_path / "base.yaml"),
         "runs_dir": str(tmp_path / "runs"),
+        "summaries_dir": str(tmp_path / "summaries"),
         "variants": [
             {"name": "minilm", "set": {"kind": "cross_encoder", "finetune": {"lr": 1e-4}}},
             {
@@ -36,6 +37,7 @@ def test_experiment_table(tmp_path: Path, data_root: Path, tiny_base_dir: Path) 
     text = out.read_text()
     for r in rows:
         assert (tmp_path / "runs" / f"{r['variant']}-s{r['seed']}" / "summary.json").is_file()
+        assert (tmp_path / "summaries" / f"{r['variant']}-s{r['seed']}.json").is_file()
         row = f"| {r['variant']} | {r['seed']} | {r['summary']['id']['n']} |"
         assert row in text
         assert f"{r['summary']['id']['macro_f1']:.3f}" in text
@@ -53,7 +55,10 @@ def test_experiment_table(tmp_path: Path, data_root: Path, tiny_base_dir: Path) 
     # Rewriting the table only: a deleted run shows up as not run.
     import shutil
 
-    shutil.rmtree(tmp_path / "runs" / "full-s13")
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout: the tracked summaries still give every row
+    kept = run_experiments(tmp_path / "exp.yaml", out, run=False)
+    assert {(r["variant"], r["seed"]) for r in kept} == {("minilm", 13), ("sft", 1), ("full", 13)}
+    (tmp_path / "summaries" / "full-s13.json").unlink()
     run_experiments(tmp_path / "exp.yaml", out, run=False)
     assert "Not run yet (no summary): `full-s13`." in out.read_text()
 
