@@ -69,21 +69,21 @@ bench: base-model $(INFINITY_VENV)/bin/infinity_emb  ## all servers side by side
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 bench-engines: base-model  ## engines alone, in-process (writes benchmarks/results/engines.json)
-	$(PY) benchmarks/engines.py
+	$(PY) -m benchmarks.engines
 
 overload: base-model  ## open-loop load at 3x capacity (writes benchmarks/results/overload.json)
-	$(PY) benchmarks/overload.py --items 20 --factor 3 --seconds 150
+	$(PY) -m benchmarks.overload --items 20 --factor 3 --seconds 150
 
 bench-cpu: base-model  ## CPU engines (speed, int8 quality on the test sets) and admission -> docs/benchmarks.md
-	$(PY) benchmarks/engines.py --engines vllm-fp32,torch-fp32,torch-int8 --pairs 512 --repeats 3
-	$(PY) benchmarks/engines.py --quality --engines torch-fp32,torch-int8
+	$(PY) -m benchmarks.engines --engines vllm-fp32,torch-fp32,torch-int8 --pairs 512 --repeats 3
+	$(PY) -m benchmarks.engines --quality --engines torch-fp32,torch-int8
 	$(MAKE) admission
 	$(PY) -m benchmarks.run --report-only
 
 admission: base-model  ## idle calls of 1-512 items, mixed sizes at 0.5x (with retries) and 3x capacity
-	$(PY) benchmarks/overload.py --idle-sweep --sizes 10,20,50,100,200,512 --factor 0.5 --retries 5 \
+	$(PY) -m benchmarks.overload --idle-sweep --sizes 10,20,50,100,200,512 --factor 0.5 --retries 5 \
 		--seconds 90 --out benchmarks/results/admission-half.json
-	$(PY) benchmarks/overload.py --sizes 10,20,50,100,200,512 --factor 3 --seconds 60 \
+	$(PY) -m benchmarks.overload --sizes 10,20,50,100,200,512 --factor 3 --seconds 60 \
 		--out benchmarks/results/admission-3x.json
 
 clean:  ## remove the venv and caches (not ~/.cache/darl)

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import gzip
+import itertools
 import json
 import os
 import statistics
@@ -32,10 +31,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from benchmarks.workload import DEFAULT_DATA, REPO, load_model, read_rows
 from relevance_core.host import machine
 
-REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `darl serve` sets it (darl/cli.py)
 
 ENGINE_CONFIGS = {
@@ -44,28 +44,18 @@ ENGINE_CONFIGS = {
     "vllm-bf16": ("vllm", "bfloat16", {}),  # model threads on every core (the default)
     "vllm-bf16-autobind": ("vllm", "bfloat16", {"vllm_cpu_threads_bind": "auto"}),  # vLLM's own: 1 core kept
     "vllm-fp32": ("vllm", "float32", {}),
-    "vllm-fp32-eager": ("vllm", "float32", {"vllm_enforce_eager": True}),
     "torch-int8": ("torch", "int8", {}),
-    "torch-int8-sb2048": ("torch", "int8", {"torch_sub_batch_tokens": 2048}),
-    "torch-int8-sb4096": ("torch", "int8", {"torch_sub_batch_tokens": 4096}),
-    "torch-int8-prefix": ("torch", "int8", {"torch_prefix_reuse": True}),
 }
+Pair = tuple[str, str, str | None, str]  # query, title, description, label
 
 
-def load_test_sets(root: Path) -> dict[str, list[tuple[str, str, str | None, str]]]:
-    """The whole test splits: (query, title, description, label) per pair."""
-    out: dict[str, list[tuple[str, str, str | None, str]]] = {}
-    for domain, name in (("id", "homedepot.csv.gz"), ("ood", "crowdflower.csv.gz")):
-        with gzip.open(root / name, "rt", newline="") as f:
-            out[domain] = [
-                (r["query"], r["item_title"], r["item_description"] or None, r["label"])
-                for r in csv.DictReader(f)
-                if r["split"] == "test"
-            ]
-    return out
+def read_test_pairs(path: Path, limit: int | None = None) -> list[Pair]:
+    """The test split's pairs of one data file, the first ``limit`` of them."""
+    rows = itertools.islice(read_rows(path, ["test"]), limit)
+    return [(r["query"], r["item_title"], r["item_description"] or None, r["label"]) for r in rows]
 
 
-async def quality(names: list[str], ckpt: Path, max_length: int, renderer, data_root: Path) -> dict:
+async def quality(names: list[str], ckpt: Path, max_length: int, renderer: Any, data_root: Path) -> dict:
     """Every engine over the whole test sets; agreement with the first engine and test metrics."""
     import numpy as np
     from sklearn.metrics import cohen_kappa_score, f1_score
@@ -74,7 +64,7 @@ async def quality(names: list[str], ckpt: Path, max_length: int, renderer, data_
     from service.engine_factory import create_engine
     from service.settings import Settings
 
-    sets = load_test_sets(data_root)
+    sets = {d: read_test_pairs(data_root / f) for d, f in (("id", "homedepot.csv.gz"), ("ood", "crowdflower.csv.gz"))}
     probs: dict[str, dict[str, np.ndarray]] = {}
     for name in names:
         kind, dtype, extra = ENGINE_CONFIGS[name]
@@ -110,31 +100,7 @@ async def quality(names: list[str], ckpt: Path, max_length: int, renderer, data_
     return {"reference": ref, "rows": rows}
 
 
-def load_pairs(path: Path, n: int) -> list[tuple[str, str, str | None]]:
-    rows = []
-    with gzip.open(path, "rt", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["split"] == "test":
-                rows.append((row["query"], row["item_title"], row["item_description"] or None))
-            if len(rows) >= n:
-                break
-    return rows
-
-
-def model_checkpoint(model_dir: Path | None, cache: Path) -> tuple[Path, int, str]:
-    from service.artifacts import load_artifact
-
-    if model_dir is None and (REPO / "model_artifacts" / "darl-smollm2" / "manifest.json").is_file():
-        model_dir = REPO / "model_artifacts" / "darl-smollm2"
-    if model_dir is None:
-        from relevance_core.testing import make_random_head_artifact, real_base_dir
-
-        model_dir = make_random_head_artifact(cache / "random-head", real_base_dir(), "adapter", name="random-head")
-    loaded = load_artifact(model_dir, cache if "random-head" in str(model_dir) else None)
-    return loaded.checkpoint_dir, loaded.manifest.max_length, loaded.manifest.name
-
-
-async def bench_engine(name: str, ckpt: Path, max_length: int, batches, repeats: int) -> dict:
+async def bench_engine(name: str, ckpt: Path, max_length: int, batches: list[list], repeats: int) -> dict:
     from service.engine_factory import create_engine
     from service.settings import Settings
 
@@ -167,7 +133,7 @@ async def bench_engine(name: str, ckpt: Path, max_length: int, batches, repeats:
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "homedepot.csv.gz")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--pairs", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
@@ -178,18 +144,13 @@ async def main() -> None:
     name = "engines-quality.json" if args.quality else "engines.json"
     args.out = args.out or REPO / "benchmarks" / "results" / name
 
-    from transformers import AutoTokenizer
-
-    from relevance_core.prompt import PromptRenderer
-
-    cache = Path(tempfile.mkdtemp(prefix="darl-bench-"))
-    ckpt, max_length, model_name = model_checkpoint(args.model_dir, cache)
-    renderer = PromptRenderer(AutoTokenizer.from_pretrained(ckpt), max_length)
+    model = load_model(args.model_dir, Path(tempfile.mkdtemp(prefix="darl-bench-")))
+    ckpt, max_length, renderer = model.checkpoint, model.max_length, model.renderer
     if args.quality:
         report = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": machine(),
-            "model": model_name,
+            "model": model.name,
             **await quality(args.engines.split(","), ckpt, max_length, renderer, args.data.parent),
         }
         args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -200,7 +161,7 @@ async def main() -> None:
                 f"| {r['macro_f1']} | {r['qwk']} |"
             )
         return
-    ids = [renderer.render(q, t, d).token_ids for q, t, d in load_pairs(args.data, args.pairs)]
+    ids = [renderer.render(q, t, d).token_ids for q, t, d, _ in read_test_pairs(args.data, args.pairs)]
     batches = [ids[i : i + args.batch] for i in range(0, len(ids), args.batch)]
     results = []
     for name in args.engines.split(","):
@@ -214,7 +175,7 @@ async def main() -> None:
         "machine": machine(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "model": model_name,
+        "model": model.name,
         "pairs": len(ids),
         "mean_tokens_per_pair": round(sum(map(len, ids)) / len(ids), 1),
         "batch": args.batch,

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import gzip
 import json
 import random
 import re
@@ -37,10 +35,9 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.workload import DEFAULT_ARTIFACT, DEFAULT_DATA, REPO, read_rows
 from darl.process import running_server
 from relevance_core.host import machine
-
-REPO = Path(__file__).resolve().parents[1]
 
 SWEEP_SIZES = [1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 512]  # 512 = DARL_MAX_ITEMS's default
 
@@ -49,10 +46,9 @@ def load_requests(path: Path, sizes: list[int], n: int) -> list[dict]:
     """Real queries, call ``k`` with ``sizes[k % len(sizes)]`` real titles (its own first, then others')."""
     by_query: dict[str, list[str]] = {}
     titles: list[str] = []
-    with gzip.open(path, "rt", newline="") as f:
-        for row in csv.DictReader(f):
-            by_query.setdefault(row["query"], []).append(row["item_title"])
-            titles.append(row["item_title"])
+    for row in read_rows(path):
+        by_query.setdefault(row["query"], []).append(row["item_title"])
+        titles.append(row["item_title"])
     rng = random.Random(0)
     queries = list(by_query)
     out = []
@@ -177,8 +173,8 @@ async def open_loop(
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-dir", type=Path, default=REPO / "model_artifacts" / "darl-smollm2")
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "homedepot.csv.gz")
+    ap.add_argument("--model-dir", type=Path, default=DEFAULT_ARTIFACT)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--items", type=int, default=20, help="items per call (unless --sizes)")
     ap.add_argument("--sizes", default=None, help="comma-separated call sizes, cycled (mixed traffic)")
     ap.add_argument("--factor", type=float, default=3.0, help="offered load / capacity, in pairs/s")

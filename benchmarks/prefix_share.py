@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
-import gzip
 import json
 import statistics
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.workload import DEFAULT_DATA, read_rows
 
 
 def shared_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -30,7 +28,7 @@ def shared_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "homedepot.csv.gz")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--max-length", type=int, default=64)
     args = ap.parse_args()
@@ -42,10 +40,8 @@ def main() -> None:
 
     renderer = PromptRenderer(AutoTokenizer.from_pretrained(ensure_base_model(DEFAULT_BASE)), args.max_length)
     by_query: dict[str, list] = collections.defaultdict(list)
-    with gzip.open(args.data, "rt", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["split"] == "test":
-                by_query[row["query"]].append((row["item_title"], row["item_description"] or None))
+    for row in read_rows(args.data, ["test"]):
+        by_query[row["query"]].append((row["item_title"], row["item_description"] or None))
     shared, tokens = [], []
     for query, items in list(by_query.items())[: args.queries]:
         ids = [r.token_ids for r in renderer.render_many(query, [*items, ("\x00", None)])]  # a foil item

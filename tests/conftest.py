@@ -47,3 +47,23 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+@pytest.fixture
+def engine():
+    """The fake engine behind ``make_app`` (a test may set its speed, gates or failures)."""
+    from tests.fakes import FakeEngine
+
+    return FakeEngine()
+
+
+@pytest.fixture
+def make_app(tiny_artifact: Path, cache_dir: Path, engine):
+    """The real app (renderer, batcher, routes) on the tiny artifact with ``engine``; settings as keywords."""
+    from service.app import create_app
+    from tests.apps import settings_for
+
+    def _make(**kw):
+        return create_app(settings_for(tiny_artifact, cache_dir, **kw), engine_factory=lambda s, a: engine)
+
+    return _make

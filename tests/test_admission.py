@@ -145,10 +145,11 @@ async def test_the_client_sets_the_deadline(tiny_artifact: Path, cache_dir: Path
 async def test_three_times_overload_meets_every_accepted_deadline(tiny_artifact: Path, cache_dir: Path) -> None:
     """Open loop at 3× the engine's capacity: accepted calls finish within their deadlines, the
     rest get 429 with Retry-After, nothing else (no 504, no 5xx)."""
-    engine = FakeEngine(seconds_per_pair=1 / 400)  # 400 pairs/s
-    settings = settings_for(tiny_artifact, cache_dir, request_timeout_s=0.5, request_timeout_per_pair_s=0.01)
+    # Slow enough that the app's own per-call overhead on a busy CI host stays small next to the deadline.
+    engine = FakeEngine(seconds_per_pair=1 / 200)  # 200 pairs/s
+    settings = settings_for(tiny_artifact, cache_dir, request_timeout_s=1.0, request_timeout_per_pair_s=0.02)
     app = create_app(settings, engine_factory=lambda s, a: engine)
-    n, calls, interval = 20, 150, 20 / 1200  # 20-item calls arriving for 1,200 pairs/s
+    n, calls, interval = 20, 150, 20 / 600  # 20-item calls arriving for 600 pairs/s
     async with serve(app) as c:
 
         async def one(delay: float):
@@ -162,7 +163,7 @@ async def test_three_times_overload_meets_every_accepted_deadline(tiny_artifact:
     assert set(statuses) <= {200, 429}, statuses
     assert 0.2 * calls < statuses.count(200) < 0.6 * calls  # about a third fits
     assert all(r.headers.get("retry-after") for r, _ in done if r.status_code == 429)
-    deadline = 0.5 + 0.01 * n
+    deadline = 1.0 + 0.02 * n
     assert max(t for r, t in done if r.status_code == 200) < deadline
 
 

@@ -20,19 +20,6 @@ from tests.apps import ITEMS, assert_envelope, serve, settings_for, wait_until
 from tests.fakes import FakeEngine
 
 
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def make_app(tiny_artifact: Path, cache_dir: Path, engine: FakeEngine):
-    def _make(**kw):
-        return create_app(settings_for(tiny_artifact, cache_dir, **kw), engine_factory=lambda s, a: engine)
-
-    return _make
-
-
 async def test_score_contract(make_app, engine: FakeEngine) -> None:
     async with serve(make_app()) as c:
         r = await c.post(

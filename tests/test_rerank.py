@@ -32,19 +32,6 @@ TEXTS = [
 LONG = "angle bracket " * 100  # over the tiny model's 128 tokens
 
 
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def make_app(tiny_artifact: Path, cache_dir: Path, engine: FakeEngine):
-    def _make(**kw):
-        return create_app(settings_for(tiny_artifact, cache_dir, **kw), engine_factory=lambda s, a: engine)
-
-    return _make
-
-
 def score_body(texts: list[str], query: str = QUERY) -> dict:
     return {"query": query, "items": [{"id": str(i), "title": t} for i, t in enumerate(texts)]}
 

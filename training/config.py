@@ -45,7 +45,8 @@ class DataConfig(_Strict):
 
 class FeatureConfig(_Strict):
     batch_size: int = 64
-    autocast: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 only where the CPU has it natively
+    # auto: bf16 only where a bf16 GEMM measures faster than float32 (relevance_core/precision.py)
+    autocast: Literal["auto", "bfloat16", "float32"] = "auto"
     # Feature cache (content-keyed, safe to share between runs); default <run_dir>/features.
     cache_dir: str | None = None
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import loadgen, report, roofline, stats
-from benchmarks.run import Profile, closed_cells, infinity_checkpoint, parse_server
+from benchmarks import host, loadgen, report, roofline, stats, studies, tables
+from benchmarks.driver import Profile, closed_cells
+from benchmarks.servers import infinity_checkpoint, parse_server
 from benchmarks.workload import Catalog, load_catalog, make_calls, own_fraction, read_rows
 
 
@@ -183,19 +184,17 @@ def test_server_names_carry_settings() -> None:
         "darl-torch",
         {"DARL_TORCH_THREADS": "1", "DARL_MAX_WAIT_MS": "5"},
     )
-    assert parse_server("vllm-serve@ARGS=--enable-prefix-caching --max-num-seqs 64")[1] == {
-        "ARGS": "--enable-prefix-caching --max-num-seqs 64"
-    }
+    assert parse_server("vllm-serve-allcores:vllm-serve@VLLM_CPU_OMP_THREADS_BIND=all") == (
+        "vllm-serve",
+        {"VLLM_CPU_OMP_THREADS_BIND": "all"},
+    )
     assert parse_server("fast:darl-torch@DARL_TORCH_THREADS=1") == ("darl-torch", {"DARL_TORCH_THREADS": "1"})
     with pytest.raises(ValueError):
         parse_server("darl-torch@oops")
 
 
 def test_closed_cells_skip_rounds_that_do_not_fit() -> None:
-    prof = Profile(
-        ns=[10, 200], concurrencies=[1, 4, 16], max_inflight_pairs=1000, open_n=100, open_fractions=[0.5],
-        open_requests=5, reps=3, pairs_target=100, max_seconds=1, servers="", budget_minutes=1,
-    )  # fmt: skip
+    prof = Profile(ns=[10, 200], concurrencies=[1, 4, 16], max_inflight_pairs=1000)
     assert closed_cells(prof, prof.ns) == [(10, 1), (10, 4), (10, 16), (200, 1), (200, 4)]
 
 
@@ -233,7 +232,7 @@ def _run_json(tmp_path: Path) -> Path:
 
     run = {
         "date": "2026-01-01 00:00 UTC",
-        "command": "python -m benchmarks.run --quick",
+        "command": "python -m benchmarks.run",
         "elapsed_min": 1.0,
         "machine": {"cpu": "cpu", "cores": 2, "flags": "avx512_bf16", "mem_gib": 24, "os": "linux"},
         "versions": {"torch": "2.13.0"},
@@ -241,7 +240,14 @@ def _run_json(tmp_path: Path) -> Path:
         "load_at_end": 0.2,
         "busy_at_start": None,
         "model": {"name": "m", "artifact": "a", "max_length": 64, "non_embedding_params": 100_000_000},
-        "roofline": {"size": 2048, "threads": 2, "iters": 10, "tflops_best": 1.0, "tflops_median": 0.9},
+        "roofline": {
+            "size": 2048,
+            "threads": 2,
+            "iters": 10,
+            "tflops_best": 1.0,
+            "tflops_median": 0.9,
+            "foreign_cpu_share": 0.0,
+        },
         "profile": {
             "concurrencies": [1, 4],
             "max_inflight_pairs": 1000,
@@ -250,6 +256,7 @@ def _run_json(tmp_path: Path) -> Path:
             "open_requests": 5,
             "open_n": 100,
             "open_fractions": [0.5, 0.8],
+            "open_max_seconds": 30.0,
             "reps": 3,
         },
         "workload": {
@@ -275,7 +282,7 @@ def _run_json(tmp_path: Path) -> Path:
 def test_report_renders_tables_ratios_targets_and_a_plot(tmp_path: Path) -> None:
     js = _run_json(tmp_path)
     md, png = tmp_path / "b.md", tmp_path / "b.png"
-    report.write(js, tmp_path / "missing.json", md, png)
+    report.write(js, md, png)
     text = md.read_text()
     assert png.stat().st_size > 1000
     assert "## Targets" in text and "not run: not installed" in text
@@ -286,7 +293,7 @@ def test_report_renders_tables_ratios_targets_and_a_plot(tmp_path: Path) -> None
     targets = text.split("## Targets")[1].split("\n## ")[0]
     assert "1. **≥ 1.5× the best peer" in targets and "met in 4 of 4 cells" in targets
     assert "3. **p99 of a 100-item call at 50 % of peak ≤ 2× unloaded (darl-torch)" in targets
-    rows = report.latency_target(json.loads(js.read_text()))
+    rows = stats.latency_target(json.loads(js.read_text()))
     darl = next(r for r in rows if r["server"] == "darl-torch")
     assert darl["unloaded_p50"] == pytest.approx(0.55)  # c=1 latencies (0.5, 0.6)
     assert darl["factor"] == pytest.approx((0.6 + 0.3 * 0.99) / 0.55)  # open-loop p99 of (0.6, 0.9)
@@ -294,13 +301,13 @@ def test_report_renders_tables_ratios_targets_and_a_plot(tmp_path: Path) -> None
 
 def test_host_steal_is_reported_where_a_run_recorded_it(tmp_path: Path) -> None:
     run = json.loads(_run_json(tmp_path).read_text())
-    cells = report.server_cells(run["servers"][0])
+    cells = stats.server_cells(run["servers"][0])
     assert cells[("closed", 10, 1)]["steal_share"] is None  # older runs: no column change
     for w in run["servers"][0]["windows"]:
         w["foreign_cpu_share"], w["steal_share"] = 0.01, 0.02 * w["rep"]
-    a = report.server_cells(run["servers"][0])[("closed", 10, 1)]
+    a = stats.server_cells(run["servers"][0])[("closed", 10, 1)]
     assert a["steal_share"] == pytest.approx(0.04)  # the largest over the repetitions
-    assert report.contention(a) == "1 %; steal 4 %"
+    assert tables.contention(a) == "1 %; steal 4 %"
     tun = {
         "command": "python -m benchmarks.tune_engine",
         "date": "d",
@@ -309,6 +316,7 @@ def test_host_steal_is_reported_where_a_run_recorded_it(tmp_path: Path) -> None:
         "batches": {"N=10": 3},
         "batch_pairs": 64,
         "reps": 3,
+        "diff_against": "eager",
         "results": [
             {
                 "variant": "eager",
@@ -321,7 +329,7 @@ def test_host_steal_is_reported_where_a_run_recorded_it(tmp_path: Path) -> None:
             }
         ],
     }
-    row = report.engine_tuning_section(tun)[-1]
+    row = studies.engine_tuning_section(tun)[-1]
     assert "| 33.3 (32.2–34.2) |" in row and "1 %; steal 9 %" in row
 
 
@@ -329,17 +337,17 @@ def test_tuning_summary_compares_every_variant_with_the_first_server(tmp_path: P
     run = json.loads(_run_json(tmp_path).read_text())
     run["servers"] = run["servers"][:2]  # darl-torch (defaults), then a variant at half the pairs/s
     run["servers"][1]["settings"] = {"DARL_MAX_BATCH_PAIRS": "32"}
-    rows = report.tuning_summary(run)
+    rows = stats.tuning_summary(run)
     assert [r["server"] for r in rows] == ["darl-torch", "naive"]
     assert rows[0]["geomean"] == pytest.approx(1.0) and rows[0]["changed"] == {}
     # per cell (10c+rep)·10 vs (10c+rep)·20 medians: every ratio is (100c+1)/(200c+1)
     expected = [(100 * c + 1) / (200 * c + 1) for c in (1, 4, 1, 4)]
     assert rows[1]["geomean"] == pytest.approx(math.prod(expected) ** 0.25)
     assert rows[1]["changed"] == {"DARL_MAX_BATCH_PAIRS": "32"} and rows[1]["cells"] == 4
-    text = "\n".join(report.tuning_summary_section(run))
+    text = "\n".join(studies.tuning_summary_section(run))
     assert "Highest closed-loop throughput: **darl-torch**" in text and "The reference is the best measured." in text
     run["servers"].reverse()  # now the slower one is the reference: the verdict must flip
-    text = "\n".join(report.tuning_summary_section(run))
+    text = "\n".join(studies.tuning_summary_section(run))
     assert "Highest closed-loop throughput: **darl-torch**" in text and "best measured" not in text
 
 
@@ -347,13 +355,13 @@ def test_studies_next_to_the_run_are_rendered_with_their_summary(tmp_path: Path)
     js = _run_json(tmp_path)
     (tmp_path / "study_head_to_head.json").write_text(js.read_text())
     md, png = tmp_path / "b.md", tmp_path / "b.png"
-    report.write(js, None, md, png)
+    report.write(js, md, png)
     text = md.read_text()
     section = text.split("## Study: head_to_head")[1]
     assert "Highest closed-loop throughput: **darl-torch**" in section and "#### N = 10 items per call" in section
 
 
-def test_probability_parsers_map_every_server_to_label_order() -> None:
+def test_probability_parsers_map_every_server_to_label_order(tmp_path: Path) -> None:
     from benchmarks import servers
 
     darl = json.dumps({"results": [{"probs": {"strong": 0.7, "weak": 0.2, "irrelevant": 0.1}}]}).encode()
@@ -361,6 +369,10 @@ def test_probability_parsers_map_every_server_to_label_order() -> None:
     inf = json.dumps({"data": [[{"label": "strong", "score": 0.7}, {"label": "irrelevant", "score": 0.1},
                                 {"label": "weak", "score": 0.2}]]}).encode()  # fmt: skip
     assert servers.probs_darl(darl) == servers.probs_classify(vllm) == servers.probs_infinity(inf) == [[0.1, 0.2, 0.7]]
+    spec = servers.darl_spec("d", tmp_path, "torch", "bfloat16", 1, None, {})
+    assert spec.answer(darl, 1) == [[0.1, 0.2, 0.7]]
+    with pytest.raises(AssertionError, match="bad answer to 2 items"):
+        spec.answer(darl, 2)
 
 
 def test_agreement_compares_every_server_with_this_service_on_the_first_call() -> None:
@@ -371,7 +383,7 @@ def test_agreement_compares_every_server_with_this_service_on_the_first_call() -
             {"name": "c", "ours": False, "windows": [{}], "first_call_probs": {"10": None}},
         ]
     }
-    rows = report.agreement(run)
+    rows = stats.agreement(run)
     assert [r["server"] for r in rows] == ["b", "c"]
     assert rows[0]["max_abs_diff"] == pytest.approx(0.05) and rows[1]["max_abs_diff"] is None
 
@@ -386,12 +398,22 @@ def test_darl_variants_pass_engine_knobs_as_settings(tmp_path: Path) -> None:
     assert settings.torch_prefix_reuse is True
 
 
-def test_quick_runs_never_overwrite_the_full_report() -> None:
-    from benchmarks.run import DEFAULT_JSON, DEFAULT_MD, parse_args
+def test_studies_write_beside_the_main_run_never_over_it() -> None:
+    from benchmarks.run import DEFAULT_JSON, DEFAULT_MD, output_json, parse_args
 
-    full, quick = parse_args([]), parse_args(["--quick"])
-    assert (full.json, full.md) == (DEFAULT_JSON, DEFAULT_MD)
-    assert quick.md != DEFAULT_MD and quick.json != DEFAULT_JSON and quick.md.parent == quick.json.parent
+    full = parse_args([])
+    assert (output_json(full), full.md) == (DEFAULT_JSON, DEFAULT_MD)
+    assert output_json(parse_args(["--tuning"])) == DEFAULT_JSON.with_name("tuning.json")
+    assert output_json(parse_args(["--study", "ab"])) == DEFAULT_JSON.with_name("study_ab.json")
+
+
+def test_other_jobs_share_is_the_machine_busy_time_that_was_not_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host.os, "cpu_count", lambda: 2)
+    # 2 s on 2 cores = 4 core-seconds; the machine was busy 3 s, 1 s of it ours; 0.4 s stolen
+    assert host.shares((10.0, 100.0, 5.0), (12.0, 103.0, 5.4), 1.0) == pytest.approx(
+        {"foreign_cpu_share": 0.5, "steal_share": 0.1}
+    )
+    assert host.shares((1.0, 0.0, 0.0), (1.0, 1.0, 0.0), 0.0) == {"foreign_cpu_share": None, "steal_share": None}
 
 
 def test_md1_simulation_matches_the_pollaczek_khinchine_mean() -> None:
@@ -408,7 +430,7 @@ def test_md1_simulation_matches_the_pollaczek_khinchine_mean() -> None:
 def test_cpu_engines_section_renders_speed_quality_and_admission(tmp_path: Path) -> None:
     import json
 
-    from benchmarks.report import cpu_engines_section
+    from benchmarks.studies import cpu_engines_section
 
     assert cpu_engines_section(tmp_path) == []  # nothing measured: no section
     speed = {"date": "d", "machine": "2 cores, avx2", "model": "m", "pairs": 8, "mean_tokens_per_pair": 30.0}
@@ -426,3 +448,23 @@ def test_cpu_engines_section_renders_speed_quality_and_admission(tmp_path: Path)
     text = "\n".join(cpu_engines_section(tmp_path))
     assert "| torch-int8 | 40.0 | 40.0 | 5.0 | 2.00× |" in text and "2 cores, avx2" in text
     assert "| torch-int8 | id | 9 | 0.2 | 0.50% | 0.48 | 0.34 |" in text
+
+
+def test_resume_keeps_only_servers_with_every_repetition() -> None:
+    from benchmarks.run import resume
+
+    previous = {
+        "date": "d",
+        "command": "c",
+        "roofline": {"tflops_best": 0.4},
+        "profile": {"reps": 2},
+        "servers": [
+            {"name": "full", "windows": [{"rep": 0}, {"rep": 1}]},
+            {"name": "cut", "windows": [{"rep": 0}]},  # cut by the time budget: measured again
+            {"name": "absent", "unavailable": "not installed"},
+        ],
+    }
+    run: dict = {"servers": []}
+    assert resume(run, previous) == {"full", "absent"}
+    assert run["resumed"] == {"from": "d", "command": "c", "servers": ["absent", "full"]}
+    assert run["roofline_previous"] == {"tflops_best": 0.4}
