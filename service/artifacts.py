@@ -21,6 +21,7 @@ from pathlib import Path
 from relevance_core.base_model import cache_root, file_lock
 from relevance_core.checkpoint import FULL_DIR, check_layout, load_classifier
 from relevance_core.manifest import ArtifactError, Manifest, verify_artifact
+from relevance_core.prompt import PromptRenderer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ class LoadedArtifact:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    def renderer(self) -> PromptRenderer:
+        """The prompt renderer of this checkpoint's tokenizer (loads the tokenizer: call it off the event loop)."""
+        from transformers import AutoTokenizer
+
+        return PromptRenderer(AutoTokenizer.from_pretrained(self.checkpoint_dir), self.manifest.max_length)
 
 
 def load_artifact(

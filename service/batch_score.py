@@ -180,20 +180,6 @@ def progress(total: int) -> Iterator[Any]:
         yield bar
 
 
-def _default_engine_factory(settings: Settings, artifact: LoadedArtifact) -> Engine:
-    from service.engine_factory import create_engine
-
-    return create_engine(settings, artifact.checkpoint_dir, artifact.manifest.max_length)
-
-
-def _make_renderer(artifact: LoadedArtifact) -> PromptRenderer:
-    from transformers import AutoTokenizer
-
-    from relevance_core.prompt import PromptRenderer
-
-    return PromptRenderer(AutoTokenizer.from_pretrained(artifact.checkpoint_dir), artifact.manifest.max_length)
-
-
 def _clash_message(where: str, clash: list[str]) -> str:
     return (
         f"{where}: the input already has column(s) {clash}, which the output adds; pass --prefix "
@@ -239,6 +225,7 @@ def _check_job(job: ScoreJob, inp: InputFile, reserved: list[str]) -> None:
 async def score_file(job: ScoreJob, settings: Settings, engine_factory: EngineFactory | None = None) -> ScoreSummary:
     """Score ``job.input`` into ``job.output``, resuming an interrupted run of the same job."""
     from service.artifacts import load_artifact
+    from service.engine_factory import engine_for_artifact
 
     if job.chunk_rows < 1:
         raise BatchError(f"chunk_rows must be at least 1, got {job.chunk_rows}")
@@ -249,7 +236,7 @@ async def score_file(job: ScoreJob, settings: Settings, engine_factory: EngineFa
     reserved = prediction_columns(job.prefix)
     _check_job(job, inp, reserved)
     artifact = await asyncio.to_thread(load_artifact, settings.model_dir, settings.cache_dir)
-    engine = (engine_factory or _default_engine_factory)(settings, artifact)
+    engine = (engine_factory or engine_for_artifact)(settings, artifact)
     identity = {
         "input": await asyncio.to_thread(inp.identity),
         "output_format": out_format,
@@ -271,7 +258,7 @@ async def score_file(job: ScoreJob, settings: Settings, engine_factory: EngineFa
             log.info("resuming: %d input records already scored in %d part(s) of %s", resume_at, len(done), parts.dir)
         todo = await asyncio.to_thread(_scan, inp, job, settings, reserved, resume_at)
         t_load = time.perf_counter()
-        renderer = await asyncio.to_thread(_make_renderer, artifact)
+        renderer = await asyncio.to_thread(artifact.renderer)
         await engine.start()
         log.info(
             "%s (%s) on the %s engine (%s), loaded in %.1f s; %d rows to score from %s",

@@ -4,10 +4,14 @@ import stays inside ``engine_vllm`` and the interface (``service.engine``) impor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.engine import Engine
 from service.hardware import vllm_installed
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.artifacts import LoadedArtifact
 
 
 def resolve_engine(requested: str) -> str:
@@ -32,3 +36,8 @@ def create_engine(settings: Settings, checkpoint_dir: Path, max_length: int) -> 
     from service.engine_torch import TorchEngine
 
     return TorchEngine(checkpoint_dir, settings)
+
+
+def engine_for_artifact(settings: Settings, artifact: LoadedArtifact) -> Engine:
+    """The engine the settings pick, for a loaded artifact (the server's and ``darl score``'s default)."""
+    return create_engine(settings, artifact.checkpoint_dir, artifact.manifest.max_length)

@@ -17,13 +17,6 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def fast_cpu_bf16() -> bool:
-    """bf16 matmuls measured clearly faster than float32 here (``relevance_core.precision``)."""
-    from relevance_core.precision import cpu_prefers_bf16
-
-    return cpu_prefers_bf16()
-
-
 def resolve_dtype(requested: str, device: str) -> str:
     """bf16 where the hardware makes it fast (CPU: measured; GPU: compute ≥ 8.0), else fp32 (fp16 on older GPUs)."""
     if requested != "auto":
@@ -32,4 +25,6 @@ def resolve_dtype(requested: str, device: str) -> str:
 
     if device == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if fast_cpu_bf16() else "float32"
+    from relevance_core.precision import cpu_prefers_bf16
+
+    return "bfloat16" if cpu_prefers_bf16() else "float32"

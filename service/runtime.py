@@ -21,12 +21,12 @@ import numpy as np
 from relevance_core.labels import LABELS
 from relevance_core.manifest import Manifest, verify_artifact
 from relevance_core.postprocess import expected_grade
-from relevance_core.prompt import PromptRenderer, PromptTooLongError
+from relevance_core.prompt import PromptRenderer, PromptTooLongError, TextTooLongError, cut_to_limit
 from service.admission import Admission
 from service.artifacts import LoadedArtifact, load_artifact
 from service.batcher import BatchLimits, MicroBatcher
 from service.engine import Engine
-from service.engine_factory import create_engine
+from service.engine_factory import engine_for_artifact
 from service.errors import EngineError, InputTooLong, NotReady
 from service.metrics import Metrics
 from service.schemas import ItemScore, Probs, ScoreRequest
@@ -41,8 +41,7 @@ EngineFactory = Callable[[Settings, LoadedArtifact], Engine]
 SEED_BATCH_PAIRS = 32
 
 
-def default_engine_factory(settings: Settings, artifact: LoadedArtifact) -> Engine:
-    return create_engine(settings, artifact.checkpoint_dir, artifact.manifest.max_length)
+default_engine_factory: EngineFactory = engine_for_artifact
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ class Runtime:
         try:
             s = self.settings
             self.artifact = await asyncio.to_thread(load_artifact, s.model_dir, s.cache_dir, self.manifest)
-            self.renderer = await asyncio.to_thread(self._make_renderer, self.artifact)
+            self.renderer = await asyncio.to_thread(self.artifact.renderer)
             engine = self.engine_factory(s, self.artifact)
             self.engine = engine
             await engine.start()
@@ -126,12 +125,6 @@ class Runtime:
             engine.dtype,
             self.load_seconds,
         )
-
-    def _make_renderer(self, artifact: LoadedArtifact) -> PromptRenderer:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(artifact.checkpoint_dir)
-        return PromptRenderer(tok, artifact.manifest.max_length)
 
     async def _warm_up(self, engine: Engine) -> None:
         """A real forward pass: readiness means the engine computed something sane."""
@@ -284,9 +277,12 @@ class Runtime:
 
     def _cut(self, what: str, text: str | None, limit: int, truncate: bool | None = None) -> tuple[str | None, bool]:
         """``text`` within ``limit`` characters: cut or refused with 400 (``truncate``, else ``auto_truncate``)."""
-        if text is None or len(text) <= limit:
-            return text, False
-        if truncate is False or (truncate is None and not self.settings.auto_truncate):
-            why = "DARL_AUTO_TRUNCATE is off" if truncate is None else "the request turned truncation off"
-            raise InputTooLong(f"{what} has {len(text)} characters; at most {limit} ({why})")
-        return text[:limit], True
+        refuse = None
+        if truncate is False:
+            refuse = "the request turned truncation off"
+        elif truncate is None and not self.settings.auto_truncate:
+            refuse = "DARL_AUTO_TRUNCATE is off"
+        try:
+            return cut_to_limit(what, text, limit, refuse)
+        except TextTooLongError as e:
+            raise InputTooLong(str(e)) from None
