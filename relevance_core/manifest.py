@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from relevance_core.labels import LABELS
-from relevance_core.prompt import DEFAULT_MAX_LENGTH, TEMPLATE_VERSION
+from relevance_core.prompt import DEFAULT_MAX_LENGTH, TEMPLATE_VERSION, TEMPLATES
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -111,10 +111,10 @@ def verify_artifact(artifact_dir: Path) -> Manifest:
     """Check contract compatibility and every file hash before anything is loaded."""
     artifact_dir = Path(artifact_dir)
     m = read_manifest(artifact_dir)
-    if m.template_version != TEMPLATE_VERSION:
+    if m.template_version not in TEMPLATES:
         raise ArtifactError(
             f"artifact {m.name!r} was trained with prompt template {m.template_version!r}, "
-            f"this code renders {TEMPLATE_VERSION!r}; retrain or use a matching release"
+            f"this code renders {sorted(TEMPLATES)}; retrain or use a matching release"
         )
     if tuple(m.labels) != LABELS:
         raise ArtifactError(f"artifact {m.name!r} has labels {m.labels}, expected {list(LABELS)}")

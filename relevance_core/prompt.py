@@ -11,6 +11,14 @@ Each part is tokenized on its own and the ids are concatenated, so the query
 prefix is byte-identical across a request's items and truncation is exact.
 Special-token strings inside user text are split into ordinary tokens: a
 title containing ``<|im_end|>`` can neither end the prompt nor look like padding.
+
+Two template versions, recorded in each artifact's manifest: ``darl-prompt-v1``
+renders the item as its title and then its description; ``darl-prompt-v2`` (new
+artifacts) renders the title only. Home Depot, the training domain, has titles
+only: a v1 model never saw a description in training, and on CrowdFlower
+validation pairs the same model scored macro-F1 0.354 / kappa 0.092 with them
+and 0.448 / 0.283 without (docs/results-findings.md). An artifact trained on
+data with descriptions can keep v1.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-TEMPLATE_VERSION: Final[str] = "darl-prompt-v1"
+# Template version → whether the item description is part of the prompt.
+TEMPLATES: Final[dict[str, bool]] = {"darl-prompt-v1": True, "darl-prompt-v2": False}
+TEMPLATE_VERSION: Final[str] = "darl-prompt-v2"  # what new artifacts are trained with
 
 QUERY_TEMPLATE: Final[str] = "Query: {query}\n"
 TITLE_TEMPLATE: Final[str] = "Item: {title}"
@@ -60,10 +70,10 @@ class Rendered:
         return len(self.token_ids)
 
 
-def item_text(title: str, description: str | None = None) -> str:
-    """The item part of the prompt; the description follows the title if given."""
+def item_text(title: str, description: str | None = None, with_description: bool = True) -> str:
+    """The item part of the prompt; the description follows the title if given and read."""
     text = TITLE_TEMPLATE.format(title=title)
-    if description:
+    if description and with_description:
         text += DESCRIPTION_TEMPLATE.format(description=description)
     return text
 
@@ -72,12 +82,19 @@ class PromptRenderer:
     """Renders pairs with one tokenizer and one max length.
 
     ``tokenizer`` is a Hugging Face tokenizer (fast or slow); it is called with
-    ``add_special_tokens=False`` and ``split_special_tokens=True``.
+    ``add_special_tokens=False`` and ``split_special_tokens=True``. ``template_version``: a key of
+    ``TEMPLATES`` (the artifact's manifest says which).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int = DEFAULT_MAX_LENGTH) -> None:
+    def __init__(
+        self, tokenizer: Any, max_length: int = DEFAULT_MAX_LENGTH, template_version: str = TEMPLATE_VERSION
+    ) -> None:
+        if template_version not in TEMPLATES:
+            raise ValueError(f"unknown prompt template {template_version!r}; known: {sorted(TEMPLATES)}")
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self._template_version = template_version
+        self.reads_description = TEMPLATES[template_version]
         self._suffix_ids = self._encode([SUFFIX])[0]
         # The smallest prompt must leave room for at least one item token.
         if len(self._suffix_ids) + 1 >= max_length:
@@ -85,7 +102,7 @@ class PromptRenderer:
 
     @property
     def template_version(self) -> str:
-        return TEMPLATE_VERSION
+        return self._template_version
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
@@ -125,7 +142,7 @@ class PromptRenderer:
         """
         prefix, query_cut = self.query_ids(query, cut_query)
         budget = self.max_length - len(prefix) - len(self._suffix_ids)
-        item_ids = self._encode([item_text(t, d) for t, d in items])
+        item_ids = self._encode([item_text(t, d, self.reads_description) for t, d in items])
         return [
             Rendered(
                 token_ids=tuple(prefix + ids[:budget] + self._suffix_ids),

@@ -48,7 +48,9 @@ class LoadedArtifact:
         """The prompt renderer of this checkpoint's tokenizer (loads the tokenizer: call it off the event loop)."""
         from transformers import AutoTokenizer
 
-        return PromptRenderer(AutoTokenizer.from_pretrained(self.checkpoint_dir), self.manifest.max_length)
+        return PromptRenderer(
+            AutoTokenizer.from_pretrained(self.checkpoint_dir), self.manifest.max_length, self.manifest.template_version
+        )
 
 
 def load_artifact(

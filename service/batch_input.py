@@ -241,7 +241,7 @@ def _as_text(v: Any) -> str | None:
     return None
 
 
-def check_record(rec: Record, settings: Settings) -> Pair | BadRow:
+def check_record(rec: Record, settings: Settings, reads_description: bool = True) -> Pair | BadRow:
     """A record's pair, or why it is bad. Text is kept as the service gets it (not stripped); what the
     service's request schema rejects (a missing or blank query or title) is a bad row here."""
     row = rec.row
@@ -264,16 +264,17 @@ def check_record(rec: Record, settings: Settings) -> Pair | BadRow:
         text[name] = value
     refuse = None if settings.auto_truncate else "DARL_AUTO_TRUNCATE is off"
     cut = False
-    for name, what, limit in (
-        ("query", "query", settings.max_query_chars),
-        ("item_title", "title", settings.max_field_chars),
-        (DESCRIPTION_COLUMN, "description", settings.max_field_chars),
-    ):
+    fields = [("query", "query", settings.max_query_chars), ("item_title", "title", settings.max_field_chars)]
+    if reads_description:
+        fields.append((DESCRIPTION_COLUMN, "description", settings.max_field_chars))
+    for name, what, limit in fields:
         try:
             text[name], was_cut = cut_to_limit(what, text[name], limit, refuse)
         except TextTooLongError as e:
             return BadRow(rec.line, name, str(e))
         cut = cut or was_cut
+    if not reads_description:  # as the service: a model that never reads it sees no description
+        text[DESCRIPTION_COLUMN] = None
     return Pair(rec.line, row, text["query"] or "", text["item_title"] or "", text[DESCRIPTION_COLUMN], cut)
 
 
@@ -297,9 +298,15 @@ class Chunk:
 
 
 def read_chunks(
-    records: Iterator[Record], start: int, chunk_rows: int, split: str | None, settings: Settings
+    records: Iterator[Record],
+    start: int,
+    chunk_rows: int,
+    split: str | None,
+    settings: Settings,
+    reads_description: bool = True,
 ) -> Iterator[Chunk]:
-    """Chunks of ``chunk_rows`` records from record ``start`` on; earlier records are skipped unchecked."""
+    """Chunks of ``chunk_rows`` records from record ``start`` on; earlier records are skipped unchecked.
+    ``reads_description``: the model's template reads item descriptions (else they are dropped unchecked)."""
     chunk: Chunk | None = None
     for rec in records:
         if rec.index < start:
@@ -309,7 +316,7 @@ def read_chunks(
         chunk.end = rec.index + 1
         if not in_split(rec.row, split):
             chunk.filtered += 1
-        elif isinstance(checked := check_record(rec, settings), Pair):
+        elif isinstance(checked := check_record(rec, settings, reads_description), Pair):
             chunk.pairs.append(checked)
         else:
             chunk.bad.append(checked)

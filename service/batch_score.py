@@ -316,7 +316,7 @@ async def _score_chunks(
 ) -> tuple[int, int, float]:
     """Score and commit the chunks from the first unfinished one on: (pairs scored, rows filtered, seconds).
     The next chunk is read and rendered in a thread while the engine scores this one."""
-    chunks = read_chunks(inp.records(), resume_at, job.chunk_rows, job.split, settings)
+    chunks = read_chunks(inp.records(), resume_at, job.chunk_rows, job.split, settings, renderer.reads_description)
     delay = float(os.environ.get(CHUNK_DELAY_ENV) or 0)
 
     def prepare() -> tuple[Chunk, list[TokenIds], list[bool]] | None:

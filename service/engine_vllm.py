@@ -77,6 +77,8 @@ class VLLMEngine(Engine):
         from vllm import AsyncEngineArgs, PoolingParams, TokensPrompt
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        # Read by vLLM when its engine starts (and inherited by its engine-core process).
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "1" if self.settings.vllm_aot_compile else "0")
         if self.device == "cpu":
             # vLLM-CPU otherwise sizes its KV cache from a default that can exceed small hosts.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -238,7 +238,10 @@ class Runtime:
         items, items_cut = [], []
         for it in req.items:
             title, t_cut = self._cut(f"item {it.id!r}: title", it.title, s.max_field_chars, truncate)
-            desc, d_cut = self._cut(f"item {it.id!r}: description", it.description, s.max_field_chars, truncate)
+            # A model whose template does not read descriptions (darl-prompt-v2) never sees one: nothing
+            # to cut, flag or refuse.
+            description = it.description if renderer.reads_description else None
+            desc, d_cut = self._cut(f"item {it.id!r}: description", description, s.max_field_chars, truncate)
             items.append((title, desc))
             items_cut.append(t_cut or d_cut)
         try:

@@ -96,10 +96,13 @@ async def test_malformed_json_wrong_type_and_oversized_body(make_app) -> None:
 
 
 async def test_long_text_is_cut_and_flagged_unless_strict(make_app, engine: FakeEngine) -> None:
-    """A 17,000-character description (CrowdFlower has them) or an over-long query costs one flag,
-    not the call; DARL_AUTO_TRUNCATE=false keeps the strict 400s."""
-    long_desc = {"id": "cf", "title": "Sony headphones", "description": "great sound " * 1500}
-    items = [long_desc, *ITEMS[:2]]
+    """A 17,000-character title or an over-long query costs one flag, not the call;
+    DARL_AUTO_TRUNCATE=false keeps the strict 400s. The tiny artifact's template (darl-prompt-v2)
+    does not read descriptions: a long one (CrowdFlower has 17,000-character ones) is never cut,
+    flagged or refused."""
+    long_title = {"id": "cf", "title": "Sony headphones great sound " * 600}
+    long_desc = {"id": "cd", "title": "Sony headphones", "description": "great sound " * 1500}
+    items = [long_title, *ITEMS[:2]]
     async with serve(make_app()) as c:
         r = await c.post("/v1/score", json={"query": "headphones", "items": items})
         assert r.status_code == 200, r.text
@@ -112,7 +115,9 @@ async def test_long_text_is_cut_and_flagged_unless_strict(make_app, engine: Fake
     assert max(short) <= 128  # every prompt still within the artifact's max length
     async with serve(make_app(auto_truncate=False)) as c:
         r = await c.post("/v1/score", json={"query": "headphones", "items": items})
-        assert "at most 10000" in assert_envelope(r, 400, "bad_request")["message"]
+        assert "title has 16800 characters; at most 10000" in assert_envelope(r, 400, "bad_request")["message"]
+        r = await c.post("/v1/score", json={"query": "headphones", "items": [long_desc, *ITEMS[:1]]})
+        assert r.status_code == 200 and [x["truncated"] for x in r.json()["results"]] == [False, False], r.text
         r = await c.post("/v1/score", json={"query": "word " * 200, "items": ITEMS[:1]})
         assert "query too long" in assert_envelope(r, 400, "bad_request")["message"]
         r = await c.post("/v1/score", json={"query": "q" * 1001, "items": ITEMS[:1]})
@@ -216,7 +221,7 @@ async def test_metrics_and_models(make_app) -> None:
     ):
         assert name in text, name
     assert models["name"] == "tiny" and models["labels"] == ["irrelevant", "weak", "strong"]
-    assert models["engine"] == "fake" and models["ready"] is True and models["template_version"] == "darl-prompt-v1"
+    assert models["engine"] == "fake" and models["ready"] is True and models["template_version"] == "darl-prompt-v2"
 
 
 async def test_openapi_documents_the_score_route(make_app) -> None:

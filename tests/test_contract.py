@@ -18,7 +18,7 @@ from relevance_core.manifest import (
     verify_artifact,
     write_artifact,
 )
-from relevance_core.prompt import PromptRenderer, PromptTooLongError
+from relevance_core.prompt import TEMPLATES, PromptRenderer, PromptTooLongError
 
 SUFFIX_IDS = (198, 29919, 8169, 42)  # "\nRelevance:"
 
@@ -26,7 +26,8 @@ SUFFIX_IDS = (198, 29919, 8169, 42)  # "\nRelevance:"
 def test_label_order_is_fixed() -> None:
     assert LABELS == ("irrelevant", "weak", "strong")
     assert LABEL2ID == {"irrelevant": 0, "weak": 1, "strong": 2}
-    assert TEMPLATE_VERSION == "darl-prompt-v1"
+    assert TEMPLATE_VERSION == "darl-prompt-v2"
+    assert TEMPLATES == {"darl-prompt-v1": True, "darl-prompt-v2": False}
 
 
 def test_golden_render_title_only(tokenizer) -> None:
@@ -40,7 +41,7 @@ def test_golden_render_title_only(tokenizer) -> None:
 
 
 def test_golden_render_with_description(tokenizer) -> None:
-    r = PromptRenderer(tokenizer, 128).render(
+    r = PromptRenderer(tokenizer, 128, "darl-prompt-v1").render(
         "led bulb", "Philips 60W Equivalent Soft White A19 LED", "Dimmable, 800 lumens"
     )
     assert r.token_ids == (
@@ -51,9 +52,21 @@ def test_golden_render_with_description(tokenizer) -> None:
     )  # fmt: skip
 
 
+def test_v2_ignores_the_description(tokenizer) -> None:
+    v2 = PromptRenderer(tokenizer, 128, "darl-prompt-v2")
+    title = "Philips 60W Equivalent Soft White A19 LED"
+    assert v2.render("led bulb", title, "Dimmable, 800 lumens") == v2.render("led bulb", title)
+    v1 = PromptRenderer(tokenizer, 128, "darl-prompt-v1")
+    assert v1.render("led bulb", title) == v2.render("led bulb", title)  # title-only items: the same prompt
+    with pytest.raises(ValueError, match="unknown prompt template"):
+        PromptRenderer(tokenizer, 128, "darl-prompt-v0")
+
+
 def test_truncation_cuts_only_the_item(tokenizer) -> None:
-    renderer = PromptRenderer(tokenizer, 24)
-    full = PromptRenderer(tokenizer, 128).render("led bulb", "Philips 60W Equivalent Soft White A19 LED", "Dimmable")
+    renderer = PromptRenderer(tokenizer, 24, "darl-prompt-v1")
+    full = PromptRenderer(tokenizer, 128, "darl-prompt-v1").render(
+        "led bulb", "Philips 60W Equivalent Soft White A19 LED", "Dimmable"
+    )
     cut = renderer.render("led bulb", "Philips 60W Equivalent Soft White A19 LED", "Dimmable")
     assert cut.truncated and len(cut) == 24
     query_part = (22731, 42, 2842, 16587, 198)

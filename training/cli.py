@@ -63,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--template",
+        choices=["darl-prompt-v1", "darl-prompt-v2"],
+        help="render with this prompt template instead of the artifact's (a study: what the description does)",
+    )
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
@@ -181,7 +186,19 @@ def _eval(args: argparse.Namespace) -> int:
     scored = {}
     for i, (name, pairs) in enumerate(sorted(groups.items())):
         pairs = with_candidates(subsample(pairs, args.max_pairs, seed=i), args.foreign_per_query, args.candidate_seed)
-        scored[name] = (pairs, predict(model, tok, pairs, manifest.max_length, args.batch_size, args.dtype, desc=name))
+        scored[name] = (
+            pairs,
+            predict(
+                model,
+                tok,
+                pairs,
+                manifest.max_length,
+                args.batch_size,
+                args.dtype,
+                desc=name,
+                template=args.template or manifest.template_version,
+            ),
+        )
     metrics = write_report(
         args.out,
         scored,
@@ -191,6 +208,7 @@ def _eval(args: argparse.Namespace) -> int:
             "version": manifest.version,
             "data": [str(p) for p in args.data],
             "split": args.split,
+            "template": args.template or manifest.template_version,
         },
     )
     from training.evaluate import markdown_table

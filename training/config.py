@@ -163,6 +163,9 @@ class TrainConfig(_Strict):
     # "default" = relevance_core.base_model.DEFAULT_BASE; else a BaseModelRef mapping.
     base_model: Literal["default"] | BaseModelRef = "default"
     max_length: int = 96
+    # relevance_core.prompt.TEMPLATES: v2 renders the item title only (training data without
+    # descriptions), v1 the title and the description. Recorded in the manifest; the service renders the same.
+    prompt_template: Literal["darl-prompt-v1", "darl-prompt-v2"] = "darl-prompt-v2"
     # Keep the first k decoder layers of the base (null = all): the head reads layer k's last token.
     # Recorded in the manifest; the service rebuilds the same depth. `darl probe-depth` measures it.
     num_layers: int | None = Field(default=None, ge=1)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from relevance_core.labels import LABEL2ID, LABELS
-from relevance_core.prompt import PromptRenderer
+from relevance_core.prompt import TEMPLATE_VERSION, PromptRenderer
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -284,9 +284,11 @@ def render_pairs(renderer: PromptRenderer, pairs: Sequence[Pair]) -> tuple[list[
     return ids, truncated
 
 
-def render_seqs(tok: Any, max_length: int, pairs: Sequence[Pair]) -> list[tuple[int, ...]]:
+def render_seqs(
+    tok: Any, max_length: int, pairs: Sequence[Pair], template: str = TEMPLATE_VERSION
+) -> list[tuple[int, ...]]:
     """Token ids of ``pairs`` with the shared template (``render_pairs`` without the truncation flags)."""
-    return render_pairs(PromptRenderer(tok, max_length), pairs)[0]
+    return render_pairs(PromptRenderer(tok, max_length, template), pairs)[0]
 
 
 @dataclass

@@ -77,7 +77,7 @@ def probe_depths(cfg: TrainConfig, depths: list[int] | None = None, progress: bo
     feats = {
         name: depth_features(
             model,
-            render_seqs(tok, cfg.max_length, pairs),
+            render_seqs(tok, cfg.max_length, pairs, cfg.prompt_template),
             pad_id(tok),
             depths,
             cfg.features.batch_size,

@@ -17,7 +17,7 @@ import numpy as np
 
 from relevance_core.labels import LABELS
 from relevance_core.postprocess import expected_grade, probs_from_logits
-from relevance_core.prompt import PromptRenderer
+from relevance_core.prompt import TEMPLATE_VERSION, PromptRenderer
 from training.data import Pair, render_pairs
 from training.features import encode
 from training.metrics import compute_metrics, reliability
@@ -50,9 +50,10 @@ def predict(
     dtype: str = "bfloat16",
     desc: str = "eval",
     progress: bool = True,
+    template: str = TEMPLATE_VERSION,
 ) -> np.ndarray:
-    """Probabilities ``[N, 3]`` for ``pairs`` rendered with the shared template."""
-    seqs, _ = render_pairs(PromptRenderer(tok, max_length), pairs)
+    """Probabilities ``[N, 3]`` for ``pairs`` rendered with the shared template (the artifact's version)."""
+    seqs, _ = render_pairs(PromptRenderer(tok, max_length, template), pairs)
     with merged(model):
         _, logits = encode(
             model, seqs, pad_id(tok), batch_size, dtype, want_features=False, desc=desc, progress=progress

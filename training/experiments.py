@@ -33,6 +33,7 @@ ADDED_FIELDS: dict[tuple[str, ...], Any] = {
     ("interpolate", "temperature"): False,
     ("probe", "dasa_pairs"): False,
     ("finetune", "loss", "pairwise_weight"): 0.0,
+    ("prompt_template",): "darl-prompt-v1",  # runs before v2 rendered descriptions
 }
 
 
@@ -285,18 +286,18 @@ def results_markdown(
         "Every number below comes from the run named in its row "
         "(its summary in the spec's `summaries_dir`, tracked in git).",
         "",
-        "| variant | seed | n ID | n OOD | "
+        "| variant | seed | item text | n ID | n OOD | "
         + " | ".join(f"ID {c}" for c in COLUMNS)
         + " | "
         + " | ".join(f"OOD {c}" for c in COLUMNS if c != "rmse_hd")
         + " | wall s | machine |",
-        "|---" * (5 + len(COLUMNS) * 2 - 1 + 1) + "|",
+        "|---" * (6 + len(COLUMNS) * 2 - 1 + 1) + "|",
     ]
     for r in rows:
         s = r["summary"]
         i, o = s.get("id") or {}, s.get("ood") or {}
         lines.append(
-            f"| {r['variant']} | {r['seed']} | {i.get('n', '–')} | {o.get('n', '–')} | "
+            f"| {r['variant']} | {r['seed']} | {_item_text(r)} | {i.get('n', '–')} | {o.get('n', '–')} | "
             + " | ".join(_fmt(i.get(c)) for c in COLUMNS)
             + " | "
             + " | ".join(_fmt(o.get(c)) for c in COLUMNS if c != "rmse_hd")
@@ -363,6 +364,18 @@ def run_experiments(
             _write(out, rows, spec_path, artifact, all_runs, spec.get("targets"), notes)
     _write(out, rows, spec_path, artifact, all_runs, spec.get("targets"), notes)
     return rows
+
+
+def _item_text(row: dict[str, Any]) -> str:
+    """What of an item the row's model reads: the prompt template of an LLM row (runs before the
+    summary recorded it used v1), the title and description for the baselines."""
+    kind = row["overrides"].get("kind", "darl")
+    if kind == "prior":
+        return "–"
+    if kind != "darl":
+        return "title+description"
+    template = row["summary"].get("prompt_template", "darl-prompt-v1")
+    return {"darl-prompt-v1": "title+description (v1)", "darl-prompt-v2": "title (v2)"}.get(template, template)
 
 
 def _write(

@@ -16,6 +16,7 @@ from typing import Any
 
 from relevance_core.checkpoint import ADAPTER_DIR, FULL_DIR, HEAD_FILE, save_head
 from relevance_core.manifest import BaseModelRef, Manifest, staging_dir_for, write_artifact
+from relevance_core.prompt import TEMPLATE_VERSION
 
 
 def is_peft(model: Any) -> bool:
@@ -34,6 +35,7 @@ def export_artifact(
     metrics: dict[str, Any],
     head_only: bool = False,
     num_layers: int | None = None,
+    template_version: str = TEMPLATE_VERSION,
 ) -> Manifest:
     """Stage the weights, write the manifest and atomically publish ``dest``.
 
@@ -58,6 +60,7 @@ def export_artifact(
         kind=kind,
         base_model=base_ref if kind == "adapter" else None,
         max_length=max_length,
+        template_version=template_version,
         num_layers=num_layers if kind == "adapter" else None,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         training_config=training_config,

@@ -123,10 +123,11 @@ def prepare(cfg: TrainConfig, progress: bool = True) -> Context:
 
 
 def _seqs(ctx: Context, pairs: list[Pair]) -> list[tuple[int, ...]]:
-    return render_seqs(ctx.tok, ctx.cfg.max_length, pairs)
+    return render_seqs(ctx.tok, ctx.cfg.max_length, pairs, ctx.cfg.prompt_template)
 
 
 def _identity(ctx: Context) -> str:
+    # The template needs no part here: cache keys hash the rendered token ids themselves.
     return f"{ctx.base_dir}|{ctx.cfg.base_ref().sha256}|{ctx.cfg.max_length}|layers={ctx.cfg.num_layers}"
 
 
@@ -211,6 +212,7 @@ def _predict(ctx: Context, pairs: list[Pair], desc: str, name: str) -> np.ndarra
         cfg.features.autocast,
         desc=desc,
         progress=ctx.progress,
+        template=cfg.prompt_template,
     )
 
 
@@ -491,12 +493,14 @@ def train(
             metrics,
             head_only=cfg.finetune.method == "none",
             num_layers=cfg.num_layers,
+            template_version=cfg.prompt_template,
         )
         log.info("wrote artifact %s", cfg.output_path)
     summary = {
         "name": cfg.name,
         "artifact": str(cfg.output_path) if export else None,
         "data_fingerprint": fp,
+        "prompt_template": cfg.prompt_template,
         **metrics,
     }
     (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

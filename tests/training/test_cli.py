@@ -85,3 +85,10 @@ def test_eval_command(tmp_path: Path, data_root: Path, tiny_base_dir: Path) -> N
     assert hd["rmse_hd"] is not None and metrics["groups"]["crowdflower"]["rmse_hd"] is None
     for f in ("report.md", "confusion_homedepot.png", "reliability_crowdflower.png", "id_vs_ood.png"):
         assert (out / f).is_file()
+    assert metrics["template"] == "darl-prompt-v2"  # the artifact's own
+    # --template scores with the other template: CrowdFlower items have descriptions, so its scores move.
+    args = ["eval", "--model", str(art), "--data", str(data_root / "crowdflower.csv.gz"), "--split", "test"]
+    assert main([*args, "--out", str(tmp_path / "v1"), "--dtype", "float32", "--template", "darl-prompt-v1"]) == 0
+    v1 = json.loads((tmp_path / "v1" / "metrics.json").read_text())
+    assert v1["template"] == "darl-prompt-v1"
+    assert v1["groups"]["crowdflower"] != metrics["groups"]["crowdflower"]

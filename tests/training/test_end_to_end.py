@@ -29,8 +29,10 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     # uncached, num_layers=1: the classifier keeps the first of the tiny base's two layers, in training and
     # serving alike. cached: both layers, the first frozen and cached (training.trunk), LoRA on the second,
     # foreign items as extra training pairs, the pairwise term over each query's items.
-    layers = 2 if cached else 1
+    # Each template once: v1 (title and description) uncached, v2 (title only, the default) cached.
+    layers, template = (2, "darl-prompt-v2") if cached else (1, "darl-prompt-v1")
     cfg = tiny_config(tmp_path, data_root, tiny_base_dir, num_layers=layers, probe={"dasa_pairs": True})
+    cfg = cfg.model_copy(update={"prompt_template": template})
     if cached:
         loss = cfg.finetune.loss.model_copy(update={"pairwise_weight": 0.5})
         finetune = cfg.finetune.model_copy(update={"cache_trunk": True, "foreign_per_query": 1, "loss": loss})
@@ -71,6 +73,7 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
 
     manifest = read_manifest(cfg.output_path)
     assert manifest.kind == "adapter" and manifest.max_length == 48 and manifest.num_layers == layers
+    assert manifest.template_version == template == summary["prompt_template"]
     assert manifest.data_fingerprint and manifest.metrics["id"]["macro_f1"] == summary["id"]["macro_f1"]
     assert manifest.training_config["finetune"]["method"] == "lora"
     assert "adapter/adapter_model.safetensors" in manifest.files and "head.safetensors" in manifest.files
@@ -78,12 +81,14 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
 
     # Reload through the service's loader; its merged HF checkpoint must score like the training model.
     loaded = load_artifact(cfg.output_path, tmp_path / "cache")
+    assert loaded.renderer().template_version == template
     from transformers import AutoModelForSequenceClassification
 
     served = AutoModelForSequenceClassification.from_pretrained(loaded.checkpoint_dir, dtype=torch.float32).eval()
     assert served.config.num_hidden_layers == layers == len(served.model.layers)
     pairs = trained.splits.test_id[:20] + trained.splits.test_ood[:20]
-    seqs, _ = render_pairs(PromptRenderer(trained.tok, cfg.max_length), pairs)
+    assert any(p.description for p in pairs)  # the two templates render these differently
+    seqs, _ = render_pairs(PromptRenderer(trained.tok, cfg.max_length, template), pairs)
     pad = trained.tok.pad_token_id
     _, train_logits = encode(trained.model, seqs, pad, 16, "float32", want_features=False, progress=False)
     _, served_logits = encode(served, seqs, pad, 16, "float32", want_features=False, progress=False)
@@ -92,10 +97,12 @@ def test_pipeline_export_reload_parity(tmp_path: Path, data_root: Path, tiny_bas
     # give the test accuracy the run reported.
     model, tok, _ = load_classifier(cfg.output_path)
     np.testing.assert_allclose(
-        predict(model, tok, pairs, 48, dtype="float32", progress=False), probs_from_logits(train_logits), atol=1e-5
+        predict(model, tok, pairs, 48, dtype="float32", progress=False, template=template),
+        probs_from_logits(train_logits),
+        atol=1e-5,
     )
     test_id = trained.splits.test_id
-    probs = predict(model, tok, test_id, 48, dtype="float32", progress=False)
+    probs = predict(model, tok, test_id, 48, dtype="float32", progress=False, template=template)
     accuracy = float(np.mean(probs.argmax(1) == np.array([p.label for p in test_id])))
     assert summary["id"]["accuracy"] == pytest.approx(accuracy) and summary["id"]["n"] == len(test_id)
 

@@ -38,7 +38,8 @@ def test_experiment_table(tmp_path: Path, data_root: Path, tiny_base_dir: Path) 
     for r in rows:
         assert (tmp_path / "runs" / f"{r['variant']}-s{r['seed']}" / "summary.json").is_file()
         assert (tmp_path / "summaries" / f"{r['variant']}-s{r['seed']}.json").is_file()
-        row = f"| {r['variant']} | {r['seed']} | {r['summary']['id']['n']} |"
+        item_text = "title+description" if r["variant"] == "minilm" else "title (v2)"  # what the model read
+        row = f"| {r['variant']} | {r['seed']} | {item_text} | {r['summary']['id']['n']} |"
         assert row in text
         assert f"{r['summary']['id']['macro_f1']:.3f}" in text
     # A finished run is reused, not retrained.
