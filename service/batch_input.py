@@ -264,17 +264,18 @@ def check_record(rec: Record, settings: Settings, reads_description: bool = True
         text[name] = value
     refuse = None if settings.auto_truncate else "DARL_AUTO_TRUNCATE is off"
     cut = False
-    fields = [("query", "query", settings.max_query_chars), ("item_title", "title", settings.max_field_chars)]
-    if reads_description:
-        fields.append((DESCRIPTION_COLUMN, "description", settings.max_field_chars))
-    for name, what, limit in fields:
+    if not reads_description:  # as the service: a model that never reads it sees no description
+        text[DESCRIPTION_COLUMN] = None
+    for name, what, limit in (
+        ("query", "query", settings.max_query_chars),
+        ("item_title", "title", settings.max_field_chars),
+        (DESCRIPTION_COLUMN, "description", settings.max_field_chars),
+    ):
         try:
             text[name], was_cut = cut_to_limit(what, text[name], limit, refuse)
         except TextTooLongError as e:
             return BadRow(rec.line, name, str(e))
         cut = cut or was_cut
-    if not reads_description:  # as the service: a model that never reads it sees no description
-        text[DESCRIPTION_COLUMN] = None
     return Pair(rec.line, row, text["query"] or "", text["item_title"] or "", text[DESCRIPTION_COLUMN], cut)
 
 

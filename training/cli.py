@@ -13,6 +13,8 @@ import json
 import logging
 from pathlib import Path
 
+from relevance_core.prompt import TEMPLATES  # light: no tokenizer or torch
+
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
         "--template",
-        choices=["darl-prompt-v1", "darl-prompt-v2"],
+        choices=sorted(TEMPLATES),
         help="render with this prompt template instead of the artifact's (a study: what the description does)",
     )
     p.set_defaults(func=_eval)

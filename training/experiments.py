@@ -374,8 +374,11 @@ def _item_text(row: dict[str, Any]) -> str:
         return "–"
     if kind != "darl":
         return "title+description"
+    from relevance_core.prompt import TEMPLATES
+
     template = row["summary"].get("prompt_template", "darl-prompt-v1")
-    return {"darl-prompt-v1": "title+description (v1)", "darl-prompt-v2": "title (v2)"}.get(template, template)
+    read = "title+description" if TEMPLATES[template] else "title"
+    return f"{read} ({template.removeprefix('darl-prompt-')})"
 
 
 def _write(
