@@ -59,7 +59,7 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
     from relevance_core.host import machine
     from training.data import load_splits
     from training.evaluate import summarize, with_candidates, write_report
-    from training.features import encode
+    from training.features import encode, resolve_dtype
     from training.finetune import finetune
     from training.provenance import run_id
     from training.ranking import training_foreign_pairs
@@ -110,6 +110,7 @@ def run_cross_encoder(cfg: TrainConfig, model_dir: str | Path | None = None, pro
         "stage2": {"train_pairs": len(train), "steps": info["steps"], "pairs_per_s": info.get("pairs_per_s")},
         "timings_s": {"finetune": round(train_s, 1), "total": round(time.perf_counter() - t0, 1)},
         "machine": machine(),
+        "precision": resolve_dtype(cfg.features.autocast),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
 

@@ -56,3 +56,57 @@ def _interp_inv(xs: list[float], curve: list[dict[str, Any]]) -> Any:
 
     ws = [r["wall_s"] for r in curve]
     return lambda w: np.interp(w, ws, xs)
+
+
+BUDGET_PANELS = (
+    ("macro_f1", "test macro-F1"),
+    ("qwk", "test kappa"),
+    ("rmse_hd", "test RMSE"),
+    ("inversion_rate", "test inversion rate"),
+)
+
+
+def line_in_log_pairs(points: list[tuple[float, float]], bound: float, sense: str) -> tuple[float, float | None]:
+    """Least-squares line of a test metric against log10(pairs seen): its change per tenfold pairs, and the
+    pairs at which it reaches ``bound`` (None where the line moves away from the bound). An extrapolation."""
+    import numpy as np
+
+    x = np.log10([p for p, _ in points])
+    slope, intercept = np.polyfit(x, [v for _, v in points], 1)
+    toward = slope > 1e-9 if sense == "≥" else slope < -1e-9  # a flat line reaches nothing
+    return float(slope), float(10 ** ((bound - intercept) / slope)) if toward else None
+
+
+def plot_budget_curve(
+    points: dict[str, tuple[float, dict[str, dict]]], targets: tuple[tuple[str, str, float, str], ...], path: Path
+) -> Path:
+    """Test metrics (ID solid, OOD dashed) of each run against its pairs seen (log axis), targets dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted(points.items(), key=lambda kv: kv[1][0])
+    xs = [pairs for _, (pairs, _) in ordered]
+    fig, axes = plt.subplots(1, len(BUDGET_PANELS), figsize=(14, 3.4))
+    for ax, (key, label) in zip(axes, BUDGET_PANELS, strict=True):
+        for dom, style in (("id", "o-"), ("ood", "s--")):
+            ys = [m.get(dom, {}).get(key) for _, (_, m) in ordered]
+            if any(y is not None for y in ys):
+                ax.plot(xs, [float("nan") if y is None else y for y in ys], style, label=dom.upper())
+        for dom, metric, bound, _ in targets:
+            if metric == key:
+                ax.axhline(bound, ls=":", color="C0" if dom == "id" else "C1", lw=1)
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x / 1000:.0f}k" for x in xs])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("stage-2 training pairs seen")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("runs of the default recipe at several budgets (targets dotted)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

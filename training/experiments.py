@@ -209,6 +209,29 @@ METHOD_NOTES = """\
 """
 
 
+# The issue's quality targets on the test sets: (split, metric, bound, sense), for the targets table
+# and the budget curve.
+QUALITY_TARGETS: tuple[tuple[str, str, float, str], ...] = (
+    ("id", "rmse_hd", 0.48, "≤"),
+    ("id", "qwk", 0.45, "≥"),
+    ("id", "macro_f1", 0.52, "≥"),
+    ("ood", "macro_f1", 0.50, "≥"),
+    ("ood", "qwk", 0.45, "≥"),
+    ("id", "inversion_rate", 0.02, "≤"),
+    ("ood", "inversion_rate", 0.02, "≤"),
+)
+METRIC_NAMES = {
+    "rmse_hd": "RMSE of the expected grade",
+    "qwk": "kappa",
+    "macro_f1": "macro-F1",
+    "inversion_rate": "inversion rate",
+}
+
+
+def _meets(value: float, bound: float, sense: str) -> bool:
+    return value <= bound if sense == "≤" else value >= bound
+
+
 def _mean(rows: list[dict[str, Any]], variant: str, split: str, metric: str) -> float | None:
     vals = [
         r["summary"][split][metric]
@@ -234,13 +257,13 @@ def targets_section(rows: list[dict[str, Any]], names: dict[str, str]) -> list[s
         a, b = m[(darl, split, key)], m[(other, split, key)]
         return None if a is None or b is None else scale * (a - b)
 
-    add(f"ID RMSE of the expected grade, {darl}", m[(darl, "id", "rmse_hd")], "≤ 0.48", lambda v: v <= 0.48)
-    add(f"ID kappa, {darl}", m[(darl, "id", "qwk")], "≥ 0.45", lambda v: v >= 0.45)
-    add(f"ID macro-F1, {darl}", m[(darl, "id", "macro_f1")], "≥ 0.52", lambda v: v >= 0.52)
-    add(f"OOD macro-F1, {darl}", m[(darl, "ood", "macro_f1")], "≥ 0.50", lambda v: v >= 0.50)
-    add(f"OOD kappa, {darl}", m[(darl, "ood", "qwk")], "≥ 0.45", lambda v: v >= 0.45)
-    for sp in ("id", "ood"):
-        add(f"{sp.upper()} inversion rate, {darl}", m[(darl, sp, "inversion_rate")], "≤ 0.02", lambda v: v <= 0.02)
+    for sp, key, bound, sense in QUALITY_TARGETS:
+        add(
+            f"{sp.upper()} {METRIC_NAMES[key]}, {darl}",
+            m[(darl, sp, key)],
+            f"{sense} {bound:.2f}",
+            lambda v, b=bound, s=sense: _meets(v, b, s),
+        )
     for base in baselines:
         for sp in ("id", "ood"):
             add(f"{sp.upper()} macro-F1, {darl} − {base} (points)", gap(base, sp), "≥ +3", lambda v: v >= 3)
@@ -264,6 +287,56 @@ def targets_section(rows: list[dict[str, Any]], names: dict[str, str]) -> list[s
     return [*lines, ""]
 
 
+def budget_section(rows: list[dict[str, Any]], variants: list[str], out_dir: Path | None = None) -> list[str]:
+    """The budget curve: test metrics of ``variants`` (means over seeds) against the stage-2 pairs each saw,
+    and where a straight line in log(pairs) through them would reach each target (drawn into ``out_dir``)."""
+    from training.curves import line_in_log_pairs, plot_budget_curve
+
+    points: dict[str, tuple[float, dict[str, dict]]] = {}
+    seconds: dict[str, float | None] = {}
+    for v in variants:
+        runs = [r["summary"] for r in rows if r["variant"] == v and (r["summary"].get("stage2") or {}).get("curve")]
+        if runs:
+            keys = ("macro_f1", "qwk", "rmse_hd", "inversion_rate")
+            metrics = {sp: {k: _mean(rows, v, sp, k) for k in keys} for sp in ("id", "ood")}
+            points[v] = (runs[0]["stage2"]["curve"][-1]["pairs_seen"], metrics)
+            secs = [t for s in runs if (t := (s.get("timings_s") or {}).get("stage2_finetune")) is not None]
+            seconds[v] = sum(secs) / len(secs) if secs else None
+    if len(points) < 2:
+        return []
+    png = plot_budget_curve(points, QUALITY_TARGETS, out_dir / "budget-curve.png") if out_dir else None
+    lines = [
+        "### Budget curve",
+        "",
+        "The runs named under `budget_curve` in the spec: test metrics (means over seeds) against the stage-2 "
+        "training pairs each saw (distinct pairs × epochs, foreign and DASA pairs included). The fit is a "
+        "least-squares line of each metric against log10(pairs seen) through these points and the pairs at "
+        "which that line would reach the target: an extrapolation of this recipe, not a measurement.",
+        "",
+        *([f"![budget curve]({png.name})", ""] if png else []),
+        "| run | pairs seen | stage-2 s | ID macro-F1 | ID kappa | ID RMSE | ID inversion | OOD macro-F1 | "
+        "OOD kappa | OOD inversion |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v, (pairs, m) in sorted(points.items(), key=lambda kv: kv[1][0]):
+        cells = [m["id"][k] for k in ("macro_f1", "qwk", "rmse_hd", "inversion_rate")]
+        cells += [m["ood"][k] for k in ("macro_f1", "qwk", "inversion_rate")]
+        secs = "–" if seconds[v] is None else f"{seconds[v]:.0f}"
+        lines.append(f"| {v} | {pairs} | {secs} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    most = max(p for p, _ in points.values())
+    lines += ["", "| target | change per ×10 pairs | pairs where the line reaches it | × the largest run |"]
+    lines.append("|---|---|---|---|")
+    for sp, key, bound, sense in QUALITY_TARGETS:
+        pts = [(p, m[sp][key]) for p, m in points.values() if m[sp][key] is not None]
+        if len(pts) < 2:
+            continue
+        slope, reach = line_in_log_pairs(pts, bound, sense)
+        where = "never (flat or moving away)" if reach is None else f"{reach:,.0f}"
+        times = "–" if reach is None else f"{reach / most:,.1f}"
+        lines.append(f"| {sp.upper()} {METRIC_NAMES[key]} {sense} {bound:.2f} | {slope:+.3f} | {where} | {times} |")
+    return [*lines, ""]
+
+
 def results_markdown(
     rows: list[dict[str, Any]],
     spec_path: Path,
@@ -272,6 +345,7 @@ def results_markdown(
     target_names: dict[str, str] | None = None,
     notes: str | None = None,
     out_dir: Path | None = None,
+    budget_variants: list[str] | None = None,
 ) -> str:
     """The page: the default artifact (and its learning curve, drawn into ``out_dir``), the rows, the targets."""
     lines = ["# Results", ""]
@@ -302,11 +376,12 @@ def results_markdown(
             + " | "
             + " | ".join(_fmt(o.get(c)) for c in COLUMNS if c != "rmse_hd")
             + " | "
-            + f"{(s.get('timings_s') or {}).get('total', '–')} | {s.get('machine', '–')} |"
+            + f"{(s.get('timings_s') or {}).get('total', '–')} | {_machine(s)} |"
         )
     if pending:
         lines += ["", "Not run yet (no summary): " + ", ".join(f"`{p}`" for p in pending) + "."]
     lines += ["", *targets_section(rows, target_names or {})]
+    lines += budget_section(rows, budget_variants or [], out_dir)
     if notes:
         lines += ["### Findings", "", notes.strip(), ""]
     lines += ["Variant definitions (overrides of the base config):", ""]
@@ -361,9 +436,15 @@ def run_experiments(
             summary = run_variant(base, v["name"], seed, over, runs_dir, summaries_dir)
             rows.append({"variant": v["name"], "seed": seed, "summary": summary, "overrides": v.get("set") or {}})
             # after every run: a partial table survives a stop
-            _write(out, rows, spec_path, artifact, all_runs, spec.get("targets"), notes)
-    _write(out, rows, spec_path, artifact, all_runs, spec.get("targets"), notes)
+            _write(out, rows, spec_path, artifact, all_runs, spec, notes)
+    _write(out, rows, spec_path, artifact, all_runs, spec, notes)
     return rows
+
+
+def _machine(summary: dict[str, Any]) -> str:
+    """The run's machine and, where its summary recorded it, the float type ``auto`` resolved to there."""
+    precision = summary.get("precision")
+    return f"{summary.get('machine', '–')}" + (f", {precision}" if precision else "")
 
 
 def _item_text(row: dict[str, Any]) -> str:
@@ -387,11 +468,14 @@ def _write(
     spec_path: Path,
     artifact: Path | None,
     all_runs: list[str],
-    target_names: dict[str, str] | None = None,
+    spec: dict[str, Any],
     notes: str | None = None,
 ) -> None:
     done = {f"{r['variant']}-s{r['seed']}" for r in rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     pending = [r for r in all_runs if r not in done]
-    out.write_text(results_markdown(rows, spec_path, artifact, pending, target_names, notes, out.parent))
+    page = results_markdown(
+        rows, spec_path, artifact, pending, spec.get("targets"), notes, out.parent, spec.get("budget_curve")
+    )
+    out.write_text(page)
     log.info("wrote %s (%d rows)", out, len(rows))

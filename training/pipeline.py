@@ -479,6 +479,9 @@ def train(
     ctx.timings["total"] = round(time.perf_counter() - t0, 1)
     metrics["timings_s"] = dict(ctx.timings)
     metrics["machine"] = machine()
+    from training.features import resolve_dtype
+
+    metrics["precision"] = resolve_dtype(cfg.finetune.autocast)  # what `auto` measured on this machine
     fp = data_fingerprint(cfg, ctx.splits)
     if export:
         export_artifact(

@@ -196,16 +196,19 @@ def build_trunk_cache(
 ) -> TrunkCache:
     """Trunk states of ``seqs`` after ``depth`` layers, computed once and stored as ``trunk-<name>-<key>``.
 
-    ``identity`` names the weights (base, depth, max length): a change gives a new key, never stale states.
+    ``identity`` names the weights (base, depth, max length) and the key adds the depth and the precision
+    ``dtype`` resolves to: a change gives a new key, never stale states.
     """
     import torch
     from tqdm.auto import tqdm
 
-    from training.features import autocast, collate, length_sorted_batches, model_device
+    from training.features import autocast, collate, length_sorted_batches, model_device, resolve_dtype
     from training.model import pad_id_of_model
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = cache_dir / f"trunk-{name}-{cache_key(seqs, f'{identity}|depth={depth}')}"
+    # bf16 states differ from float32 ones: the key names the precision (float32 keys kept as they were)
+    precision = "" if resolve_dtype(dtype) == "float32" else f"|dtype={resolve_dtype(dtype)}"
+    stem = cache_dir / f"trunk-{name}-{cache_key(seqs, f'{identity}|depth={depth}{precision}')}"
     states_path, offsets_path = stem.with_suffix(".states.npy"), stem.with_suffix(".offsets.npy")
     if states_path.is_file() and offsets_path.is_file():
         return TrunkCache(np.load(states_path, mmap_mode="r"), np.load(offsets_path))

@@ -115,6 +115,36 @@ def test_learning_curve_is_drawn_and_tabled(tmp_path: Path) -> None:
     assert plot_learning_curve([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 
 
+def test_budget_line_reaches_a_target_where_the_hand_computed_line_does() -> None:
+    from training.curves import line_in_log_pairs
+
+    # kappa 0.30 at 10 pairs and 0.40 at 100: +0.1 per decade, 0.45 at 10**2.5 pairs
+    slope, reach = line_in_log_pairs([(10, 0.30), (100, 0.40)], 0.45, "≥")
+    assert slope == pytest.approx(0.1) and reach == pytest.approx(10**2.5)
+    slope, reach = line_in_log_pairs([(10, 0.60), (1000, 0.50)], 0.48, "≤")  # RMSE: -0.05 per decade
+    assert slope == pytest.approx(-0.05) and reach == pytest.approx(10**3.4)
+    assert line_in_log_pairs([(10, 0.60), (100, 0.70)], 0.48, "≤")[1] is None  # moving away: never
+
+
+def test_budget_section_tables_the_runs_by_pairs_seen_and_draws_the_curve(tmp_path: Path) -> None:
+    from training.experiments import budget_section
+
+    def row(variant: str, seed: int, pairs: int, kappa: float) -> dict:
+        split = {"macro_f1": 0.4, "qwk": kappa, "rmse_hd": 0.85 - kappa, "inversion_rate": 0.03}
+        stage2 = {"curve": [{"pairs_seen": pairs}]}
+        summary = {"id": split, "ood": split, "stage2": stage2, "timings_s": {"stage2_finetune": pairs / 100}}
+        return {"variant": variant, "seed": seed, "summary": summary}
+
+    rows = [row("big", 1, 1000, 0.38), row("big", 2, 1000, 0.42), row("small", 1, 100, 0.30), row("sft", 1, 5, 0.1)]
+    text = "\n".join(budget_section(rows, ["big", "small", "absent"], tmp_path))
+    assert text.index("| small | 100 | 1 | 0.400 | 0.300 |") < text.index("| big | 1000 | 10 | 0.400 | 0.400 |")
+    # ID kappa: 0.30 at 100, 0.40 (mean of seeds) at 1000 → 0.45 at 10**3.5 pairs, 3.2 × the largest run
+    assert "| ID kappa ≥ 0.45 | +0.100 | 3,162 | 3.2 |" in text
+    assert "| ID RMSE of the expected grade ≤ 0.48 | -0.100 | 501 | 0.5 |" in text  # already met at 1000
+    assert (tmp_path / "budget-curve.png").stat().st_size > 1000
+    assert budget_section(rows, ["big"], tmp_path) == []  # one point is no curve
+
+
 def test_a_finished_run_is_keyed_by_what_it_computes_not_where_it_was_written(tmp_path: Path) -> None:
     """The reuse key ignores the checkout's paths (a clone elsewhere reuses the runs) and a switch added
     later at its default, but not a changed setting."""

@@ -45,8 +45,11 @@ def test_top_from_cached_trunk_equals_the_full_forward(tiny_base_dir: Path, tmp_
     got, feats = predict_top(model, cache, depth, batch_size=4, want_features=True, progress=False, dtype="float32")
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-5)
     assert feats.shape == (len(seqs), model.config.hidden_size)
-    again = build_trunk_cache(tmp_path, "t", model, seqs, depth, "tiny", progress=False)
+    again = build_trunk_cache(tmp_path, "t", model, seqs, depth, "tiny", progress=False, dtype="float32")
     assert np.array_equal(np.asarray(again.states), np.asarray(cache.states))  # read back, not recomputed
+    bf16 = build_trunk_cache(tmp_path, "t", model, seqs, depth, "tiny", progress=False, dtype="bfloat16")
+    assert not np.array_equal(np.asarray(bf16.states), np.asarray(cache.states))  # its own key, computed in bf16
+    assert len(list(tmp_path.glob("trunk-t-*.states.npy"))) == 2
 
 
 def test_last_token_layer_matches_the_hf_layer_exactly(tiny_base_dir: Path) -> None:
