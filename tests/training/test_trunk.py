@@ -48,8 +48,9 @@ def test_top_from_cached_trunk_equals_the_full_forward(tiny_base_dir: Path, tmp_
     again = build_trunk_cache(tmp_path, "t", model, seqs, depth, "tiny", progress=False, dtype="float32")
     assert np.array_equal(np.asarray(again.states), np.asarray(cache.states))  # read back, not recomputed
     bf16 = build_trunk_cache(tmp_path, "t", model, seqs, depth, "tiny", progress=False, dtype="bfloat16")
-    assert not np.array_equal(np.asarray(bf16.states), np.asarray(cache.states))  # its own key, computed in bf16
-    assert len(list(tmp_path.glob("trunk-t-*.states.npy"))) == 2
+    assert len(list(tmp_path.glob("trunk-t-*.states.npy"))) == 2  # bf16 states have their own key
+    if depth:  # computed in bf16 (depth 0 is the embedding lookup: no arithmetic to round)
+        assert not np.array_equal(np.asarray(bf16.states), np.asarray(cache.states))
 
 
 def test_last_token_layer_matches_the_hf_layer_exactly(tiny_base_dir: Path) -> None:
